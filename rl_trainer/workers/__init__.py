@@ -1,0 +1,1 @@
+"""Ray workers that own the models: actor + rollout + reference (one per device) and the critic."""

@@ -1,0 +1,174 @@
+"""The actor + rollout + reference worker: one per device, verl's hybrid engine.
+
+Each rank holds an FSDP2 shard of the trainable policy and, when a KL term needs it, of the frozen reference
+model; its rollout engine generates with the actor's current weights (synced before every generation). The
+driver calls these methods on every rank with that rank's slice of the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rl_trainer.algos import agg_loss, compute_policy_loss, entropy_from_logits, kl_penalty
+from rl_trainer.batch import Batch
+from rl_trainer.workers import fsdp
+from rl_trainer.workers.common import MetricSums, WorkerBase, micro_batches, mini_batches, model_inputs
+from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
+from rl_trainer.workers.rollout import ROLLOUT_ENGINES, SamplingParams
+
+
+def response_log_probs(model: torch.nn.Module, batch: Batch, device: torch.device, temperature: float,
+                       with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(response_t | prefix) for every response position, from logits / temperature (as verl).
+
+    Only the last R + 1 positions' logits are computed (`logits_to_keep`): the position before each response
+    token predicts it. Returns log_probs (bs, R) and, if asked, the entropy of each position's distribution.
+    """
+    responses = batch.tensors["responses"].to(device)
+    length = responses.shape[1]
+    logits = model(**model_inputs(batch, device), use_cache=False, logits_to_keep=length + 1).logits
+    logits = logits[:, :-1, :].float() / temperature
+    log_probs = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), responses.reshape(-1), reduction="none")
+    log_probs = log_probs.view(responses.shape)
+    return log_probs, (entropy_from_logits(logits) if with_entropy else None)
+
+
+class ActorRolloutRefWorker(WorkerBase):
+    def init_model(self, model_path: str, total_steps: int, with_ref: bool) -> None:
+        cfg = self.config
+        arr = cfg.actor_rollout_ref
+        fsdp.seed_everything(cfg.trainer.seed)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=arr.model.trust_remote_code)
+        load = dict(trust_remote_code=arr.model.trust_remote_code, override_config=dict(arr.model.override_config))
+        actor = load_causal_lm(model_path, gradient_checkpointing=arr.model.enable_gradient_checkpointing, **load)
+        fsdp_cfg = arr.actor.fsdp_config
+        mp = dict(param_dtype=fsdp_cfg.mixed_precision.param_dtype, reduce_dtype=fsdp_cfg.mixed_precision.reduce_dtype)
+        actor = fsdp.shard_model(actor, self.device, param_offload=fsdp_cfg.param_offload,
+                                 reshard_after_forward=fsdp_cfg.reshard_after_forward, **mp)
+        self.actor = self.train_state = fsdp.TrainState(
+            actor, arr.actor.optim, total_steps, arr.actor.grad_clip, optimizer_offload=fsdp_cfg.optimizer_offload
+        )
+        self.ref = None
+        if with_ref:
+            ref = load_causal_lm(model_path, **load).eval()
+            ref.requires_grad_(False)
+            self.ref = fsdp.shard_model(ref, self.device, param_offload=arr.ref.fsdp_config.param_offload,
+                                        reshard_after_forward=arr.ref.fsdp_config.reshard_after_forward, **mp)
+        rollout_dtype = fsdp.DTYPES[arr.rollout.dtype] if self.device.type == "cuda" else torch.float32
+        rollout_model = load_causal_lm(model_path, dtype=rollout_dtype, **load).to(self.device)
+        self.rollout = ROLLOUT_ENGINES[arr.rollout.name](rollout_model, self.tokenizer, cfg.data.max_response_length)
+        # Per-rank sampling stream: seed + rank (saved and restored with every checkpoint).
+        fsdp.seed_everything(cfg.trainer.seed + self.rank)
+
+    # ------------------------------------------------------------------------------------------- rollout
+    def generate_sequences(self, prompts: Batch, validate: bool = False) -> Batch:
+        """Sync the actor's weights into the engine, then sample (training) or decode greedily (validation)."""
+        self.rollout.update_weights(fsdp.iter_full_params(self.actor.model))
+        rollout_cfg = self.config.actor_rollout_ref.rollout
+        sampling = SamplingParams.from_config(rollout_cfg.val_kwargs if validate else rollout_cfg)
+        return self.rollout.generate(prompts, sampling)
+
+    # ----------------------------------------------------------------------------------------- log-probs
+    @torch.no_grad()
+    def _log_probs(self, model, batch: Batch, micro: int | None, with_entropy: bool):
+        temperature = self.config.actor_rollout_ref.rollout.temperature
+        outs, entropies = [], []
+        for mb in micro_batches(batch, micro):
+            log_probs, entropy = response_log_probs(model, mb, self.device, temperature, with_entropy)
+            outs.append(log_probs.cpu())
+            if with_entropy:
+                entropies.append(entropy.cpu())
+        return torch.cat(outs), (torch.cat(entropies) if with_entropy else None)
+
+    def compute_log_prob(self, batch: Batch) -> Batch:
+        """old_log_probs (and per-token entropy for the actor/entropy metric) under the current actor."""
+        micro = self.config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu
+        log_probs, entropy = self._log_probs(self.actor.model, batch, micro, with_entropy=True)
+        return Batch({"old_log_probs": log_probs, "entropys": entropy})
+
+    def compute_ref_log_prob(self, batch: Batch) -> Batch:
+        micro = self.config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu
+        log_probs, _ = self._log_probs(self.ref, batch, micro, with_entropy=False)
+        return Batch({"ref_log_prob": log_probs})
+
+    # ------------------------------------------------------------------------------------------- update
+    def update_actor(self, batch: Batch) -> dict[str, float]:
+        """PPO epochs over this rank's rows: mini-batches -> micro-batches with gradient accumulation.
+
+        Each micro-batch's loss is normalised by the whole mini-batch across ranks (global token count or
+        sequence count, times world size; verl's global_batch_info), so gradients equal a single-process
+        full-mini-batch update, whatever the micro-batch size or world size.
+        """
+        actor_cfg = self.config.actor_rollout_ref.actor
+        n = self.config.actor_rollout_ref.rollout.n
+        mini_size = actor_cfg.ppo_mini_batch_size * n // self.world_size
+        temperature = self.config.actor_rollout_ref.rollout.temperature
+        model = self.actor.model
+        model.train()
+        metrics = MetricSums()
+        for epoch in range(actor_cfg.ppo_epochs):
+            seed = self.config.trainer.seed + epoch
+            for mini in mini_batches(batch, mini_size, actor_cfg.shuffle, seed):
+                mask_all = mini.tensors["response_mask"]
+                agg = dict(
+                    dp_size=self.world_size,
+                    batch_num_tokens=fsdp.global_sum(mask_all.sum().item(), self.device),
+                    global_batch_size=mini_size * self.world_size,
+                    loss_scale_factor=actor_cfg.loss_scale_factor,
+                )
+                sums = {"pg_loss": 0.0, "kl_loss": 0.0, "entropy_loss": 0.0}
+                micros = micro_batches(mini, actor_cfg.ppo_micro_batch_size_per_gpu)
+                for i, mb in enumerate(micros):
+                    model.set_requires_gradient_sync(i == len(micros) - 1)
+                    mask = mb.tensors["response_mask"].to(self.device)
+                    log_prob, entropy = response_log_probs(model, mb, self.device, temperature,
+                                                           with_entropy=actor_cfg.entropy_coeff != 0)
+                    pg_loss, clipfrac, ppo_kl, clipfrac_lower = compute_policy_loss(
+                        mb.tensors["old_log_probs"].to(self.device), log_prob, mb.tensors["advantages"].to(self.device),
+                        mask, clip_ratio_low=actor_cfg.clip_ratio_low, clip_ratio_high=actor_cfg.clip_ratio_high,
+                        clip_ratio_c=actor_cfg.clip_ratio_c, loss_agg_mode=actor_cfg.loss_agg_mode, **agg,
+                    )
+                    loss = pg_loss
+                    sums["pg_loss"] += pg_loss.item()
+                    if entropy is not None:
+                        entropy_loss = agg_loss(entropy, mask, actor_cfg.loss_agg_mode, **agg)
+                        loss = loss - actor_cfg.entropy_coeff * entropy_loss
+                        sums["entropy_loss"] += entropy_loss.item()
+                    if actor_cfg.use_kl_loss:
+                        kld = kl_penalty(log_prob, mb.tensors["ref_log_prob"].to(self.device), actor_cfg.kl_loss_type)
+                        kl_loss = agg_loss(kld, mask, actor_cfg.loss_agg_mode, **agg)
+                        loss = loss + actor_cfg.kl_loss_coef * kl_loss
+                        sums["kl_loss"] += kl_loss.item()
+                    loss.backward()
+                    metrics.add(**{"actor/pg_clipfrac": clipfrac, "actor/ppo_kl": ppo_kl,
+                                   "actor/pg_clipfrac_lower": clipfrac_lower})
+                grad_norm, stepped = self.actor.clip_and_step()
+                # Per-rank partial losses sum to the mini-batch loss scaled by world size; the rank mean undoes that.
+                metrics.add(**{"actor/pg_loss": sums["pg_loss"], "actor/grad_norm": grad_norm,
+                               "actor/skipped_steps": 0.0 if stepped else 1.0})
+                if actor_cfg.use_kl_loss:
+                    metrics.add(**{"actor/kl_loss": sums["kl_loss"], "actor/kl_coef": actor_cfg.kl_loss_coef})
+                if actor_cfg.entropy_coeff != 0:
+                    metrics.add(**{"actor/entropy_loss": sums["entropy_loss"]})
+        lr = self.actor.lr
+        self.actor.scheduler.step()
+        out = metrics.reduce(self.device)
+        out["actor/lr"] = lr
+        return out
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: str, hf_dir: str | None) -> None:
+        """Sharded actor state into `path`; rank 0 also writes a Hugging Face folder to `hf_dir`."""
+        self.actor.save(Path(path), list(self.config.actor_rollout_ref.actor.checkpoint.save_contents), self.rank)
+        self.rollout.update_weights(fsdp.iter_full_params(self.actor.model))  # collective on every rank
+        if hf_dir and self.rank == 0:
+            model = self.rollout.model
+            model.save_pretrained(hf_dir)
+            self.tokenizer.save_pretrained(hf_dir)
+        torch.distributed.barrier()
+
+    def load_checkpoint(self, path: str) -> None:
+        self.actor.load(Path(path), list(self.config.actor_rollout_ref.actor.checkpoint.load_contents), self.rank)

@@ -1,0 +1,90 @@
+"""What the actor and the critic workers share: joining their group, micro-batching, loss bookkeeping."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from rl_trainer.batch import Batch
+from rl_trainer.workers import fsdp
+
+
+class WorkerBase:
+    """A Ray actor that is one rank of a worker group with its own torch.distributed process group."""
+
+    def __init__(self, config: dict, rank: int, world_size: int, device: str, threads: int):
+        self.config: DictConfig = OmegaConf.create(config)
+        self.rank, self.world_size, self.device_type, self.threads = rank, world_size, device, threads
+        if device == "cpu":
+            fsdp.set_thread_env(threads)
+        self.device: torch.device | None = None
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per rank is noise
+
+    train_state: fsdp.TrainState  # the trained model of this worker, set by init_model
+
+    def param_fraction(self) -> float:
+        """Fraction of the trained model's parameters held by this rank (about 1 / world size)."""
+        return fsdp.local_param_fraction(self.train_state.model)
+
+    def full_params(self) -> dict[str, torch.Tensor]:
+        """The trained model's full parameters on CPU (a collective: call on every rank)."""
+        return {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.train_state.model)}
+
+    def master_address(self) -> tuple[str, int]:
+        """Called on rank 0 before the group forms: where the other ranks should connect."""
+        return fsdp.free_port()
+
+    def join_group(self, master_addr: str, master_port: int) -> None:
+        self.device = fsdp.init_process_group(self.rank, self.world_size, master_addr, master_port,
+                                              self.device_type, self.threads)
+
+    def node_and_pid(self) -> tuple[str, int]:
+        import os
+
+        import ray
+
+        return ray.util.get_node_ip_address(), os.getpid()
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def micro_batches(batch: Batch, size: int | None) -> list[Batch]:
+    return [batch] if not size else batch.split(size)
+
+
+def mini_batches(batch: Batch, size: int, shuffle: bool, seed: int) -> list[Batch]:
+    """The rank-local mini-batches of one PPO epoch (optionally a seeded shuffle of the rows first)."""
+    if shuffle:
+        generator = torch.Generator().manual_seed(seed)
+        batch = batch.index(torch.randperm(len(batch), generator=generator))
+    return batch.split(size)
+
+
+def model_inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: batch.tensors[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+
+
+class MetricSums:
+    """Per-rank accumulation of metric values; `reduce` averages over calls and then over ranks."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, **metrics: float) -> None:
+        for key, value in metrics.items():
+            self.values[key].append(float(value.detach().item() if isinstance(value, torch.Tensor) else value))
+
+    def reduce(self, device: torch.device) -> dict[str, Any]:
+        out = {}
+        for key in sorted(self.values):
+            local = sum(self.values[key]) / len(self.values[key])
+            out[key] = fsdp.global_mean(local, device)
+        return out

@@ -1,0 +1,88 @@
+"""The critic worker: an FSDP2 value model (LM backbone + scalar head) that predicts V(s_t) per response token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rl_trainer.algos import compute_value_loss, masked_mean
+from rl_trainer.batch import Batch
+from rl_trainer.workers import fsdp
+from rl_trainer.workers.common import MetricSums, WorkerBase, micro_batches, mini_batches, model_inputs
+from rl_trainer.workers.loading import load_value_model
+
+
+def response_values(model: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    """V at the position before each response token (the state the token was sampled in), (bs, R), masked."""
+    length = batch.tensors["responses"].shape[1]
+    values = model(**model_inputs(batch, device), use_cache=False).logits.squeeze(-1).float()
+    return values[:, -length - 1 : -1] * batch.tensors["response_mask"].to(device)
+
+
+class CriticWorker(WorkerBase):
+    def init_model(self, model_path: str, total_steps: int) -> None:
+        cfg = self.config.critic
+        fsdp.seed_everything(self.config.trainer.seed)  # the new value head must be identical on every rank
+        model = load_value_model(
+            model_path, trust_remote_code=cfg.model.trust_remote_code, override_config=dict(cfg.model.override_config),
+            gradient_checkpointing=cfg.model.enable_gradient_checkpointing,
+        )
+        mp = self.config.actor_rollout_ref.actor.fsdp_config.mixed_precision
+        model = fsdp.shard_model(model, self.device, param_offload=cfg.model.fsdp_config.param_offload,
+                                 reshard_after_forward=cfg.model.fsdp_config.reshard_after_forward,
+                                 param_dtype=mp.param_dtype, reduce_dtype=mp.reduce_dtype)
+        self.critic = self.train_state = fsdp.TrainState(
+            model, cfg.optim, total_steps, cfg.grad_clip, optimizer_offload=cfg.model.fsdp_config.optimizer_offload
+        )
+
+    @torch.no_grad()
+    def compute_values(self, batch: Batch) -> Batch:
+        model = self.critic.model
+        model.eval()
+        values = [response_values(model, mb, self.device).cpu()
+                  for mb in micro_batches(batch, self.config.critic.forward_micro_batch_size_per_gpu)]
+        return Batch({"values": torch.cat(values)})
+
+    def update_critic(self, batch: Batch) -> dict[str, float]:
+        """PPO epochs of clipped value regression onto the returns, normalised over the global mini-batch."""
+        cfg = self.config.critic
+        n = self.config.actor_rollout_ref.rollout.n
+        mini_size = cfg.ppo_mini_batch_size * n // self.world_size
+        model = self.critic.model
+        model.train()
+        metrics = MetricSums()
+        for epoch in range(cfg.ppo_epochs):
+            for mini in mini_batches(batch, mini_size, cfg.shuffle, self.config.trainer.seed + epoch):
+                agg = dict(
+                    dp_size=self.world_size,
+                    batch_num_tokens=fsdp.global_sum(mini.tensors["response_mask"].sum().item(), self.device),
+                    global_batch_size=mini_size * self.world_size,
+                )
+                vf_loss_sum = 0.0
+                micros = micro_batches(mini, cfg.ppo_micro_batch_size_per_gpu)
+                for i, mb in enumerate(micros):
+                    model.set_requires_gradient_sync(i == len(micros) - 1)
+                    mask = mb.tensors["response_mask"].to(self.device)
+                    vpreds = response_values(model, mb, self.device)
+                    vf_loss, vf_clipfrac = compute_value_loss(
+                        vpreds, mb.tensors["returns"].to(self.device), mb.tensors["values"].to(self.device), mask,
+                        cfg.cliprange_value, loss_agg_mode=cfg.loss_agg_mode, **agg,
+                    )
+                    vf_loss.backward()
+                    vf_loss_sum += vf_loss.item()
+                    metrics.add(**{"critic/vf_clipfrac": vf_clipfrac, "critic/vpred_mean": masked_mean(vpreds, mask)})
+                grad_norm, stepped = self.critic.clip_and_step()
+                metrics.add(**{"critic/vf_loss": vf_loss_sum, "critic/grad_norm": grad_norm,
+                               "critic/skipped_steps": 0.0 if stepped else 1.0})
+        lr = self.critic.lr
+        self.critic.scheduler.step()
+        out = metrics.reduce(self.device)
+        out["critic/lr"] = lr
+        return out
+
+    def save_checkpoint(self, path: str) -> None:
+        self.critic.save(Path(path), list(self.config.critic.checkpoint.save_contents), self.rank)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.critic.load(Path(path), list(self.config.critic.checkpoint.load_contents), self.rank)

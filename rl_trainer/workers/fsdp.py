@@ -1,0 +1,236 @@
+"""Devices, process groups and FSDP2: the one place that knows about torch.distributed.
+
+Workers ask this module for their device, wrap models with `shard_model`, keep model + optimizer +
+scheduler in a `TrainState`, and save/load sharded checkpoints with torch.distributed.checkpoint (each
+rank writes its own shards; a checkpoint resumes bit-exactly on the same world size).
+
+CPU: gloo, fp32 everywhere. CUDA: NCCL, bf16 parameters in forward/backward with fp32 master weights and
+fp32 gradient reduction (FSDP2 MixedPrecisionPolicy).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+          "float32": torch.float32}
+
+
+def free_port() -> tuple[str, int]:
+    """An address of this node and a free TCP port on it (for rank 0 to host the process group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    try:
+        import ray
+
+        addr = ray.util.get_node_ip_address()
+    except Exception:  # outside Ray (tests that build a process group by hand)
+        addr = "127.0.0.1"
+    return addr, port
+
+
+def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, device: str,
+                       threads: int | None = None) -> torch.device:
+    """Join this worker group's own process group (gloo on CPU, NCCL on CUDA); returns the device to use."""
+    if device == "cuda":
+        torch.cuda.set_device(0)  # Ray exposes exactly the GPU(s) of this worker as cuda:0
+        backend, dev = "nccl", torch.device("cuda", 0)
+    else:
+        backend, dev = "gloo", torch.device("cpu")
+        if threads:
+            torch.set_num_threads(int(threads))
+    dist.init_process_group(
+        backend=backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size,
+        device_id=dev if device == "cuda" else None,
+    )
+    return dev
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks to shard one by one (HF models name their class in `_no_split_modules`)."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no _no_split_modules)")
+    return layers
+
+
+def shard_model(model: torch.nn.Module, device: torch.device, *, param_offload: bool = False,
+                reshard_after_forward: bool = True, param_dtype: str = "bf16", reduce_dtype: str = "fp32") -> FSDPModule:
+    """FSDP2: shard each decoder layer, then the root (embeddings, final norm, head). Mixed precision on CUDA only."""
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=DTYPES[reduce_dtype]) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    offload = CPUOffloadPolicy() if param_offload and device.type == "cuda" else OffloadPolicy()
+    if not (param_offload and device.type == "cuda"):
+        model.to(device)
+    kwargs = dict(mp_policy=mp, offload_policy=offload, reshard_after_forward=reshard_after_forward)
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def iter_full_params(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter, gathered one at a time: never a second full copy of the model.
+
+    A collective: every rank must iterate to the end. Tied parameters appear once (under their first name).
+    """
+    for name, param in model.named_parameters():
+        full = param.full_tensor() if hasattr(param, "full_tensor") else param
+        yield name, full.detach()
+
+
+def local_param_fraction(model: torch.nn.Module) -> float:
+    """Fraction of the model's parameters that this rank holds (1 / world size for evenly divisible shapes)."""
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return local / total
+
+
+def global_sum(value: float | int, device: torch.device) -> float:
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def global_mean(value: float, device: torch.device) -> float:
+    return global_sum(value, device) / dist.get_world_size()
+
+
+def _lr_lambda(warmup: int, total: int, schedule: str, min_lr_ratio: float, num_cycles: float):
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return step / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * 2.0 * num_cycles * progress))
+        return max(0.0, min_lr_ratio + (1.0 - min_lr_ratio) * cosine)
+
+    return factor
+
+
+class TrainState:
+    """A sharded model with its AdamW optimizer and LR scheduler: one optimizer step, save, load.
+
+    `optim` is the verl `optim` config section (lr, weight_decay, betas, lr_warmup_steps(_ratio),
+    lr_scheduler_type, min_lr_ratio, num_cycles); `total_steps` the number of scheduler steps of the run.
+    """
+
+    def __init__(self, model: FSDPModule, optim: Any, total_steps: int, grad_clip: float, optimizer_offload: bool = False):
+        self.model = model
+        self.grad_clip = grad_clip
+        self.optimizer_offload = optimizer_offload
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay,
+            betas=tuple(optim.betas),
+        )
+        warmup = optim.lr_warmup_steps
+        if warmup is None or warmup < 0:
+            warmup = int(optim.lr_warmup_steps_ratio * total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            _lr_lambda(warmup, total_steps, optim.lr_scheduler_type, optim.min_lr_ratio, optim.num_cycles),
+        )
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def clip_and_step(self) -> tuple[float, bool]:
+        """Clip the global gradient norm and step; a non-finite norm skips the step. Returns (norm, stepped)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=self.grad_clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        norm = float(norm)
+        if math.isfinite(norm):
+            self._move_optimizer_state(self.model_device)
+            self.optimizer.step()
+            self._move_optimizer_state(torch.device("cpu"))
+            stepped = True
+        else:
+            stepped = False
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, stepped
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _move_optimizer_state(self, device: torch.device) -> None:
+        """optimizer_offload on GPU: the Adam moments live on CPU outside the optimizer step."""
+        if not self.optimizer_offload or self.model_device.type == "cpu":
+            return
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[key] = value.to(device, non_blocking=True)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def save(self, path: Path, contents: list[str], rank: int) -> None:
+        """Sharded model/optimizer (torch.distributed.checkpoint) + per-rank scheduler and RNG states."""
+        path.mkdir(parents=True, exist_ok=True)
+        with_optim = "optimizer" in contents
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
+        state = {"model": model_sd}
+        if with_optim:
+            state["optimizer"] = optim_sd
+        dcp.save(state, checkpoint_id=str(path / "sharded"))
+        if "extra" in contents:
+            extra = {"scheduler": self.scheduler.state_dict(), "rng": rng_state()}
+            torch.save(extra, path / f"extra_rank{rank}.pt")
+
+    def load(self, path: Path, contents: list[str], rank: int) -> None:
+        with_optim = "optimizer" in contents
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
+        state = {"model": model_sd}
+        if with_optim:
+            state["optimizer"] = optim_sd
+        dcp.load(state, checkpoint_id=str(path / "sharded"))
+        set_state_dict(self.model, self.optimizer if with_optim else [], model_state_dict=state["model"],
+                       optim_state_dict=state.get("optimizer", {}))
+        if "extra" in contents:
+            extra = torch.load(path / f"extra_rank{rank}.pt", weights_only=False)
+            self.scheduler.load_state_dict(extra["scheduler"])
+            set_rng_state(extra["rng"])
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_thread_env(threads: int) -> None:
+    """Before torch starts its pools: one setting for OpenMP/MKL and torch."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)

@@ -1,0 +1,75 @@
+"""Loading models and tokenizers with `from_pretrained` (hub id or local directory), with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+from rl_trainer.errors import UserError
+
+
+def _explain(path: str, key: str, exc: Exception) -> UserError:
+    where = "local directory" if os.path.isdir(os.path.expanduser(path)) else "hub id or local directory"
+    return UserError(f"{key}={path}: cannot load it as a Hugging Face {where} ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a model directory or hub id that "
+                     f"from_pretrained can read")
+
+
+def load_tokenizer(path: str, key: str = "actor_rollout_ref.model.path", trust_remote_code: bool = False):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:  # OSError, ValueError, ... from the hub/local loader
+        raise _explain(path, key, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _model_config(path: str, key: str, trust_remote_code: bool, override_config: dict | None):
+    try:
+        config = AutoConfig.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise _explain(path, key, exc) from exc
+    for name, value in (override_config or {}).items():
+        setattr(config, name, value)
+    return config
+
+
+def load_causal_lm(path: str, *, key: str = "actor_rollout_ref.model.path", dtype: torch.dtype = torch.float32,
+                   trust_remote_code: bool = False, override_config: dict | None = None,
+                   gradient_checkpointing: bool = False) -> Any:
+    config = _model_config(path, key, trust_remote_code, override_config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.expanduser(path), config=config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise _explain(path, key, exc) from exc
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def load_value_model(path: str, *, key: str = "critic.model.path", dtype: torch.dtype = torch.float32,
+                     trust_remote_code: bool = False, override_config: dict | None = None,
+                     gradient_checkpointing: bool = False) -> Any:
+    """The LM backbone with a scalar head (verl: AutoModelForTokenClassification, num_labels=1).
+
+    From a causal-LM checkpoint the head is new and initialised from the current torch seed; call
+    `seed_everything` first so every rank builds the same head.
+    """
+    config = _model_config(path, key, trust_remote_code, override_config)
+    config.num_labels = 1
+    config.classifier_dropout = 0.0
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            os.path.expanduser(path), config=config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise _explain(path, key, exc) from exc
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
