@@ -1,0 +1,127 @@
+"""`python -m rl_trainer.main [overrides]`: the Hydra entry point.
+
+Compose and check the config, resolve the model and data, load the datasets (all before Ray starts, so a
+bad command line fails in seconds), then start Ray, the worker groups and the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from rl_trainer.errors import UserError
+
+log = logging.getLogger("rl_trainer")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
+    """Train with the composed config `cfg`, writing metrics to `run_dir`."""
+    from rl_trainer.config import needs_reference, validate_config
+
+    plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
+
+    import ray
+
+    from rl_trainer.checkpoint import CheckpointManager
+    from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
+    from rl_trainer.data.sources import resolve_data_files
+    from rl_trainer.distributed import ResourcePool, WorkerGroup
+    from rl_trainer.models.builtin import resolve_model_path
+    from rl_trainer.rewards.custom import get_custom_reward_fn
+    from rl_trainer.tracking import Tracking
+    from rl_trainer.trainer import PPOTrainer
+    from rl_trainer.workers.actor import ActorRolloutRefWorker
+    from rl_trainer.workers.critic import CriticWorker
+    from rl_trainer.workers.loading import load_tokenizer
+
+    arr, data, trainer_cfg = cfg.actor_rollout_ref, cfg.data, cfg.trainer
+    model_path = resolve_model_path(arr.model.path, seed=trainer_cfg.seed)
+    critic_path = resolve_model_path(cfg.critic.model.path, seed=trainer_cfg.seed) if cfg.critic.enable else None
+    tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, trainer_cfg.seed) if data.tokenizer else model_path,
+                               trust_remote_code=arr.model.trust_remote_code)
+    reward_fn = get_custom_reward_fn(cfg)
+
+    def dataset(files_key: str, files, max_samples: int, shuffle: bool) -> RLHFDataset:
+        return RLHFDataset(
+            resolve_data_files(files, files_key), tokenizer, prompt_key=data.prompt_key,
+            max_prompt_length=data.max_prompt_length, filter_overlong_prompts=data.filter_overlong_prompts,
+            truncation=data.truncation, max_samples=max_samples, shuffle=shuffle, seed=data.seed,
+        )
+
+    train_set = dataset("data.train_files", data.train_files, data.train_max_samples, data.shuffle)
+    train_loader = PromptLoader(train_set, data.train_batch_size, shuffle=data.shuffle, seed=data.seed)
+    val_loader = None
+    if data.val_files and (trainer_cfg.test_freq > 0 or trainer_cfg.val_before_train or trainer_cfg.val_only):
+        val_set = dataset("data.val_files", data.val_files, data.val_max_samples, False)
+        val_loader = PromptLoader(val_set, data.val_batch_size or len(val_set), shuffle=False, drop_last=False)
+    total_steps = len(train_loader) * trainer_cfg.total_epochs
+    if trainer_cfg.total_training_steps:
+        total_steps = min(total_steps, trainer_cfg.total_training_steps)
+
+    checkpoints = CheckpointManager(trainer_cfg.default_local_dir, trainer_cfg.max_actor_ckpt_to_keep)
+    print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
+    print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
+    _init_ray(cfg)
+    pool = actor = critic = None
+    try:
+        pool = ResourcePool(trainer_cfg.nnodes, trainer_cfg.n_gpus_per_node, trainer_cfg.device, trainer_cfg.cpus_per_worker)
+        share = 0.5 if cfg.critic.enable else 1.0
+        actor = WorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, pool, config, share=share)
+        use_ref = needs_reference(cfg)
+        actor.call("init_model", model_path, total_steps, use_ref)
+        if cfg.critic.enable:
+            critic = WorkerGroup("critic", CriticWorker, pool, config, share=share)
+            critic.call("init_model", critic_path, total_steps)
+        PPOTrainer(
+            cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor, critic=critic,
+            use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints, total_steps=total_steps,
+        ).fit()
+    finally:
+        tracker.finish()
+        for group in (critic, actor):
+            if group is not None:
+                group.shutdown()
+        if pool is not None:
+            pool.release()
+        ray.shutdown()
+
+
+def _init_ray(cfg: DictConfig) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:  # join a running cluster (ray start --head / --address on every node)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=cfg.ray_kwargs.ray_init.num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs."""
+    hydra_cfg = HydraConfig.get()
+    try:
+        run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The single controller: the PPO/GRPO loop, read top to bottom.
+
+    generate -> score -> old log-probs -> reference log-probs -> values -> KL in reward -> advantages
+             -> update critic -> update actor -> validate / checkpoint -> log
+
+The driver owns the data, the rewards and the cheap math (KL penalty, advantages, metrics); worker groups
+own the models. It never touches a model: it moves `Batch`es between worker groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from rl_trainer import checkpoint as ckpt_io
+from rl_trainer.algos import apply_kl_penalty, compute_advantage, get_kl_controller, masked_mean
+from rl_trainer.batch import Batch
+from rl_trainer.checkpoint import CheckpointManager
+from rl_trainer.data.rl_dataset import PromptLoader
+from rl_trainer.distributed import WorkerGroup
+from rl_trainer.metrics import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, timed
+from rl_trainer.rewards.manager import compute_token_level_scores
+from rl_trainer.tracking import ProgressBar, Tracking
+
+log = logging.getLogger(__name__)
+
+GENERATION_INPUTS = ("prompts", "attention_mask", "position_ids")
+
+
+class PPOTrainer:
+    def __init__(self, cfg: DictConfig, *, tokenizer, train_loader: PromptLoader, val_loader: PromptLoader | None,
+                 actor: WorkerGroup, critic: WorkerGroup | None, use_ref: bool, reward_fn, tracker: Tracking,
+                 checkpoints: CheckpointManager, total_steps: int):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.actor, self.critic, self.use_ref = actor, critic, use_ref
+        self.reward_fn, self.tracker, self.checkpoints = reward_fn, tracker, checkpoints
+        self.total_steps = total_steps
+        self.kl_ctrl = get_kl_controller(**OmegaConf.to_container(cfg.algorithm.kl_ctrl))
+        self.global_step = 0
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> None:
+        trainer_cfg = self.cfg.trainer
+        self._resume()
+        if self.global_step >= self.total_steps:
+            print(f"training already finished: global step {self.global_step} of {self.total_steps}; nothing to do")
+            return
+        if self.val_loader is not None and (trainer_cfg.val_before_train or trainer_cfg.val_only):
+            self.tracker.log(self.validate(), step=self.global_step)
+            if trainer_cfg.val_only:
+                return
+        with ProgressBar(self.total_steps, initial=self.global_step) as progress:
+            while self.global_step < self.total_steps:
+                epoch = self.train_loader.epoch
+                for prompts in self.train_loader:
+                    self.global_step += 1
+                    metrics = self.train_step(prompts, epoch)
+                    self.tracker.log(metrics, step=self.global_step)
+                    progress.update()
+                    if self.global_step >= self.total_steps:
+                        break
+
+    def train_step(self, prompts: Batch, epoch: int) -> dict[str, float]:
+        cfg, step = self.cfg, self.global_step
+        is_last = step >= self.total_steps
+        timing: dict[str, float] = {}
+        metrics: dict[str, float] = {}
+        with timed("step", timing):
+            # One uid per prompt, shared by its rollout.n responses: the group id of GRPO/RLOO/...
+            prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
+            batch = prompts.repeat(cfg.actor_rollout_ref.rollout.n, interleave=True)
+            with timed("gen", timing):
+                batch = self.actor.dispatch("generate_sequences", _generation_inputs(batch))
+            with timed("reward", timing):
+                scored = compute_token_level_scores(
+                    batch["responses"], batch["response_mask"], batch["data_source"], batch["ground_truth"],
+                    self.tokenizer, extra_infos=batch["extra_info"], compute_score=self.reward_fn,
+                )
+                batch["token_level_scores"] = scored.token_level_scores
+                metrics.update(_extra_reward_metrics(scored.reward_extra_info))
+            with timed("old_log_prob", timing):
+                batch.update(self.actor.dispatch("compute_log_prob", batch))
+                metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
+            if self.use_ref:
+                with timed("ref", timing):
+                    batch.update(self.actor.dispatch("compute_ref_log_prob", batch))
+            if self.critic is not None:
+                with timed("values", timing):
+                    batch.update(self.critic.dispatch("compute_values", batch))
+            with timed("adv", timing):
+                self._compute_advantages(batch, metrics)
+            if self.critic is not None:
+                with timed("update_critic", timing):
+                    metrics.update(self.critic.dispatch_metrics("update_critic", batch))
+            if step > cfg.trainer.critic_warmup:
+                with timed("update_actor", timing):
+                    metrics.update(self.actor.dispatch_metrics("update_actor", batch))
+            if self.val_loader is not None and cfg.trainer.test_freq > 0 and (is_last or step % cfg.trainer.test_freq == 0):
+                with timed("testing", timing):
+                    metrics.update(self.validate())
+            if cfg.trainer.save_freq > 0 and (is_last or step % cfg.trainer.save_freq == 0):
+                with timed("save_checkpoint", timing):
+                    self.save_checkpoint()
+        metrics.update(compute_data_metrics(batch, use_critic=self.critic is not None))
+        metrics.update(compute_timing_metrics(timing, batch))
+        metrics.update(compute_throughput_metrics(batch, timing, self.actor.world_size))
+        metrics["training/global_step"] = step
+        metrics["training/epoch"] = epoch
+        return metrics
+
+    def _compute_advantages(self, batch: Batch, metrics: dict[str, float]) -> None:
+        algo = self.cfg.algorithm
+        if algo.use_kl_in_reward:
+            rewards, kl_metrics = apply_kl_penalty(
+                batch["token_level_scores"], batch["old_log_probs"], batch["ref_log_prob"], batch["response_mask"],
+                self.kl_ctrl, kl_penalty=algo.kl_penalty,
+            )
+            batch["token_level_rewards"] = rewards
+            metrics.update(kl_metrics)
+        else:
+            batch["token_level_rewards"] = batch["token_level_scores"]
+        advantages, returns = compute_advantage(
+            algo.adv_estimator,
+            token_level_rewards=batch["token_level_rewards"], response_mask=batch["response_mask"],
+            index=batch["uid"], values=batch.tensors.get("values"), gamma=algo.gamma, lam=algo.lam,
+            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+        )
+        batch["advantages"], batch["returns"] = advantages, returns
+
+    # ------------------------------------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        """Generate with rollout.val_kwargs on the validation set; mean score per data_source."""
+        val_kwargs = self.cfg.actor_rollout_ref.rollout.val_kwargs
+        scores: dict[str, list[float]] = defaultdict(list)
+        lengths: list[float] = []
+        for prompts in self.val_loader:
+            batch = prompts.repeat(val_kwargs.n, interleave=True)
+            batch, pad = _pad_to_multiple(batch, self.actor.world_size)
+            out = self.actor.dispatch("generate_sequences", _generation_inputs(batch), validate=True)
+            out = out.index(slice(0, len(out) - pad))
+            scored = compute_token_level_scores(
+                out["responses"], out["response_mask"], out["data_source"], out["ground_truth"], self.tokenizer,
+                extra_infos=out["extra_info"], compute_score=self.reward_fn,
+            )
+            for source, score in zip(out["data_source"], scored.token_level_scores.sum(-1).tolist()):
+                scores[source].append(score)
+            lengths.extend(out["response_mask"].sum(-1).tolist())
+        metrics = {f"val-core/{source}/reward/mean@{val_kwargs.n}": float(np.mean(v)) for source, v in scores.items()}
+        metrics["val-aux/response_length/mean"] = float(np.mean(lengths))
+        return metrics
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Everything needed to continue exactly: worker shards + optimizer + scheduler + RNG, data position, KL."""
+        step = self.global_step
+        tmp = self.checkpoints.begin(step)
+        self.actor.call("save_checkpoint", str(tmp / "actor"), str(tmp / "actor" / "huggingface"))
+        if self.critic is not None:
+            self.critic.call("save_checkpoint", str(tmp / "critic"))
+        ckpt_io.save_torch(tmp / "data.pt", self.train_loader.state_dict())
+        ckpt_io.save_json(tmp / "trainer_state.json", {"global_step": step, "kl_coef": float(self.kl_ctrl.value)})
+        return self.checkpoints.commit(step, tmp)
+
+    def _resume(self) -> None:
+        trainer_cfg = self.cfg.trainer
+        self.checkpoints.cleanup_stale_tmp()
+        path = self.checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
+        if path is None:
+            return
+        print(f"resuming from {path}")
+        self.actor.call("load_checkpoint", str(path / "actor"))
+        if self.critic is not None:
+            self.critic.call("load_checkpoint", str(path / "critic"))
+        self.train_loader.load_state_dict(ckpt_io.load_torch(path / "data.pt"))
+        state = ckpt_io.load_json(path / "trainer_state.json")
+        self.global_step = int(state["global_step"])
+        self.kl_ctrl.value = state["kl_coef"]
+        self.tracker.truncate_after(self.global_step)
+
+
+def _generation_inputs(batch: Batch) -> Batch:
+    return Batch({k: batch.tensors[k] for k in GENERATION_INPUTS}, dict(batch.non_tensors), dict(batch.meta))
+
+
+def _pad_to_multiple(batch: Batch, multiple: int) -> tuple[Batch, int]:
+    """Validation batches of any size: repeat the first rows so every worker gets the same number of rows."""
+    pad = (-len(batch)) % multiple
+    if pad == 0:
+        return batch, 0
+    return Batch.concat([batch, batch.index(list(range(pad)))]), pad
+
+
+def _extra_reward_metrics(extra: dict[str, list]) -> dict[str, float]:
+    out = {}
+    for key, values in extra.items():
+        numbers = [float(v) for v in values if isinstance(v, (int, float, bool, np.number))]
+        if len(numbers) == len(values) and numbers:
+            out[f"reward_extra/{key}/mean"] = float(np.mean(numbers))
+    return out
+
