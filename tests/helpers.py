@@ -1,0 +1,56 @@
+"""Plain helpers for the CLI tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_run_overrides(model_dir, data_dir, tmp_path, reward=None) -> list[str]:
+    """A two-worker run small enough for CI: 4 prompts x n=4, 16-token responses, two steps."""
+    overrides = [
+        f"actor_rollout_ref.model.path={model_dir}",
+        f"data.train_files={data_dir}/train.parquet",
+        f"data.val_files={data_dir}/test.parquet",
+        "data.train_batch_size=4",
+        "data.max_prompt_length=192",
+        "data.max_response_length=16",
+        "data.val_max_samples=8",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "trainer.n_gpus_per_node=2",
+        "trainer.total_training_steps=2",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=-1",
+        f"trainer.default_local_dir={tmp_path}/ckpt",
+        f"hydra.run.dir={tmp_path}/run",
+    ]
+    if reward is not None:
+        overrides.append(f"custom_reward_function.path={reward}")
+    return overrides
+
+
+def run_cli(overrides: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m rl_trainer.main OVERRIDES` as a user runs it; fails the test with its output on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "rl_trainer.main", *overrides], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    return proc
+
+
+def read_steps(run_dir: Path) -> dict[int, dict]:
+    """Per-step metrics of a run's metrics.jsonl, merged by step."""
+    steps: dict[int, dict] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        steps.setdefault(record["step"], {}).update(record)
+    return steps
