@@ -180,25 +180,22 @@ class TrainState:
                     state[key] = value.to(device, non_blocking=True)
 
     # ---------------------------------------------------------------------------------------- checkpoints
+    def _sharded_state(self, with_optim: bool) -> dict:
+        """Templates of the sharded model (and optimizer) state, to save from or load into."""
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
+        return {"model": model_sd, "optimizer": optim_sd} if with_optim else {"model": model_sd}
+
     def save(self, path: Path, contents: list[str], rank: int) -> None:
         """Sharded model/optimizer (torch.distributed.checkpoint) + per-rank scheduler and RNG states."""
         path.mkdir(parents=True, exist_ok=True)
-        with_optim = "optimizer" in contents
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
-        state = {"model": model_sd}
-        if with_optim:
-            state["optimizer"] = optim_sd
-        dcp.save(state, checkpoint_id=str(path / "sharded"))
+        dcp.save(self._sharded_state("optimizer" in contents), checkpoint_id=str(path / "sharded"))
         if "extra" in contents:
             extra = {"scheduler": self.scheduler.state_dict(), "rng": rng_state()}
             torch.save(extra, path / f"extra_rank{rank}.pt")
 
     def load(self, path: Path, contents: list[str], rank: int) -> None:
         with_optim = "optimizer" in contents
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
-        state = {"model": model_sd}
-        if with_optim:
-            state["optimizer"] = optim_sd
+        state = self._sharded_state(with_optim)
         dcp.load(state, checkpoint_id=str(path / "sharded"))
         set_state_dict(self.model, self.optimizer if with_optim else [], model_state_dict=state["model"],
                        optim_state_dict=state.get("optimizer", {}))

@@ -38,19 +38,23 @@ def _model_config(path: str, key: str, trust_remote_code: bool, override_config:
     return config
 
 
-def load_causal_lm(path: str, *, key: str = "actor_rollout_ref.model.path", dtype: torch.dtype = torch.float32,
-                   trust_remote_code: bool = False, override_config: dict | None = None,
-                   gradient_checkpointing: bool = False) -> Any:
-    config = _model_config(path, key, trust_remote_code, override_config)
+def _from_pretrained(auto_cls, path: str, key: str, config, dtype: torch.dtype, trust_remote_code: bool,
+                     gradient_checkpointing: bool) -> Any:
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            os.path.expanduser(path), config=config, dtype=dtype, trust_remote_code=trust_remote_code
-        )
+        model = auto_cls.from_pretrained(os.path.expanduser(path), config=config, dtype=dtype,
+                                         trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise _explain(path, key, exc) from exc
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def load_causal_lm(path: str, *, key: str = "actor_rollout_ref.model.path", dtype: torch.dtype = torch.float32,
+                   trust_remote_code: bool = False, override_config: dict | None = None,
+                   gradient_checkpointing: bool = False) -> Any:
+    config = _model_config(path, key, trust_remote_code, override_config)
+    return _from_pretrained(AutoModelForCausalLM, path, key, config, dtype, trust_remote_code, gradient_checkpointing)
 
 
 def load_value_model(path: str, *, key: str = "critic.model.path", dtype: torch.dtype = torch.float32,
@@ -64,12 +68,5 @@ def load_value_model(path: str, *, key: str = "critic.model.path", dtype: torch.
     config = _model_config(path, key, trust_remote_code, override_config)
     config.num_labels = 1
     config.classifier_dropout = 0.0
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(
-            os.path.expanduser(path), config=config, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-    except Exception as exc:
-        raise _explain(path, key, exc) from exc
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    return _from_pretrained(AutoModelForTokenClassification, path, key, config, dtype, trust_remote_code,
+                            gradient_checkpointing)
