@@ -122,6 +122,7 @@ def _check_unsupported(cfg: DictConfig) -> None:
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
         "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
         "reward_model.enable": (cfg.reward_model.enable, False),
+        "data.reward_fn_key": (cfg.data.reward_fn_key, "data_source"),
         "actor_rollout_ref.hybrid_engine": (arr.hybrid_engine, True),
     }
     for key, (value, supported) in unsupported.items():

@@ -65,7 +65,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     if trainer_cfg.total_training_steps:
         total_steps = min(total_steps, trainer_cfg.total_training_steps)
 
-    checkpoints = CheckpointManager(trainer_cfg.default_local_dir, trainer_cfg.max_actor_ckpt_to_keep)
+    # One directory per step holds actor and critic, so the stricter of the two limits applies.
+    limits = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k and k > 0]
+    checkpoints = CheckpointManager(trainer_cfg.default_local_dir, min(limits) if limits else None)
     print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
     print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
 

@@ -139,6 +139,7 @@ class PPOTrainer:
         val_kwargs = self.cfg.actor_rollout_ref.rollout.val_kwargs
         scores: dict[str, list[float]] = defaultdict(list)
         lengths: list[float] = []
+        samples: list[tuple[str, str, float]] = []
         for prompts in self.val_loader:
             batch = prompts.repeat(val_kwargs.n, interleave=True)
             batch, pad = _pad_to_multiple(batch, self.actor.world_size)
@@ -148,9 +149,17 @@ class PPOTrainer:
                 out["responses"], out["response_mask"], out["data_source"], out["ground_truth"], self.tokenizer,
                 extra_infos=out["extra_info"], compute_score=self.reward_fn,
             )
-            for source, score in zip(out["data_source"], scored.token_level_scores.sum(-1).tolist()):
+            sequence_scores = scored.token_level_scores.sum(-1).tolist()
+            for source, score in zip(out["data_source"], sequence_scores):
                 scores[source].append(score)
             lengths.extend(out["response_mask"].sum(-1).tolist())
+            for row in range(min(len(out), self.cfg.trainer.log_val_generations - len(samples))):
+                prompt = self.tokenizer.decode(out["prompts"][row], skip_special_tokens=True)
+                response = self.tokenizer.decode(out["responses"][row][out["response_mask"][row].bool()],
+                                                 skip_special_tokens=True)
+                samples.append((prompt, response, sequence_scores[row]))
+        for prompt, response, score in samples:
+            print(f"[validation] score={score:g}\n[prompt] {prompt}\n[response] {response}")
         metrics = {f"val-core/{source}/reward/mean@{val_kwargs.n}": float(np.mean(v)) for source, v in scores.items()}
         metrics["val-aux/response_length/mean"] = float(np.mean(lengths))
         return metrics

@@ -40,10 +40,12 @@ def assert_ok(proc) -> None:
 def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_models, gsm8k_dir, length_reward, tmp_path):
     proc = run_cli(
         small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward)
-        + ["actor_rollout_ref.actor.use_kl_loss=true", "trainer.test_freq=2", "trainer.save_freq=2"],
+        + ["actor_rollout_ref.actor.use_kl_loss=true", "trainer.test_freq=2", "trainer.save_freq=2",
+           "trainer.log_val_generations=2"],
         cwd=tmp_path,
     )
     assert_ok(proc)
+    assert proc.stdout.count("[validation] score=") == 2
     steps = read_steps(tmp_path / "run")
     check_metrics(steps, ALWAYS + ["actor/kl_loss", "timing_s/ref"],
                   last_step_only=("timing_s/testing", "timing_s/save_checkpoint", "val-core/openai/gsm8k/reward/mean@1"))
@@ -96,3 +98,18 @@ def test_guide_command_lines(extra, expected_metric, tiny_models, gsm8k_dir, len
     assert_ok(proc)
     steps = read_steps(tmp_path / "run")
     check_metrics(steps, ALWAYS + [expected_metric])
+
+
+def test_default_run_with_no_arguments(tmp_path):
+    """The quick start: GRPO on the bundled GSM8K with the built-in model, validation, a checkpoint, exit 0."""
+    proc = run_cli([f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=600)
+    assert_ok(proc)
+    assert "run directory:" in proc.stdout and "checkpoints:" in proc.stdout
+    steps = read_steps(tmp_path / "run")
+    assert sorted(steps) == [0, 1, 2, 3, 4]  # validation before training is logged at step 0
+    assert "val-core/openai/gsm8k/reward/mean@1" in steps[0] and "val-core/openai/gsm8k/reward/mean@1" in steps[4]
+    check_metrics({k: steps[k] for k in (1, 2)}, ALWAYS)
+    ckpt = tmp_path / "checkpoints" / "rl_trainer" / "gsm8k_grpo"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+    assert (ckpt / "global_step_4" / "actor" / "huggingface" / "config.json").exists()
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rl_trainer.algos import agg_loss, compute_policy_loss, entropy_from_logits, kl_penalty
+from rl_trainer.algos import agg_loss, entropy_from_logits, get_policy_loss_fn, kl_penalty
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
 from rl_trainer.workers.common import MetricSums, WorkerBase, micro_batches, mini_batches, model_inputs
@@ -108,6 +108,7 @@ class ActorRolloutRefWorker(WorkerBase):
         temperature = self.config.actor_rollout_ref.rollout.temperature
         model = self.actor.model
         model.train()
+        policy_loss = get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)
         metrics = MetricSums()
         for epoch in range(actor_cfg.ppo_epochs):
             seed = self.config.trainer.seed + epoch
@@ -126,7 +127,7 @@ class ActorRolloutRefWorker(WorkerBase):
                     mask = mb.tensors["response_mask"].to(self.device)
                     log_prob, entropy = response_log_probs(model, mb, self.device, temperature,
                                                            with_entropy=actor_cfg.entropy_coeff != 0)
-                    pg_loss, clipfrac, ppo_kl, clipfrac_lower = compute_policy_loss(
+                    pg_loss, clipfrac, ppo_kl, clipfrac_lower = policy_loss(
                         mb.tensors["old_log_probs"].to(self.device), log_prob, mb.tensors["advantages"].to(self.device),
                         mask, clip_ratio_low=actor_cfg.clip_ratio_low, clip_ratio_high=actor_cfg.clip_ratio_high,
                         clip_ratio_c=actor_cfg.clip_ratio_c, loss_agg_mode=actor_cfg.loss_agg_mode, **agg,
