@@ -5,7 +5,7 @@
     console      one line per step, `step:N - key:value - ...` (verl's format; keys sorted, 4 significant digits)
     wandb        `wandb.init(project=trainer.project_name, name=trainer.experiment_name, dir=run_dir)`;
                  `WANDB_MODE=offline` works with no network
-    tensorboard  `run_dir/tensorboard/` (needs `pip install tensorboard`)
+    tensorboard  `run_dir/tensorboard/` (needs `pip install 'rl_trainer[tensorboard]'`)
 
 Whatever the backends, every call appends one line to `run_dir/metrics.jsonl`: `{"step": N, ...metrics}`, flushed
 at once so a killed run loses nothing (it reaches the OS, not necessarily the disk: a power cut may lose the
@@ -101,7 +101,7 @@ class Tracking:
             except ImportError as e:
                 raise UserError(
                     "trainer.logger includes 'tensorboard' but the tensorboard package is missing; "
-                    "pip install tensorboard (or drop it from trainer.logger)"
+                    "pip install 'rl_trainer[tensorboard]' (or drop it from trainer.logger)"
                 ) from e
 
         self.run_dir = Path(run_dir)

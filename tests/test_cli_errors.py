@@ -29,3 +29,12 @@ def test_unknown_key_fails_with_hydras_error(tmp_path):
     proc = run_cli(["trainer.no_such_key=1", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
     assert "Could not override 'trainer.no_such_key'" in proc.stderr
+
+
+def test_overriding_critic_keys_while_the_critic_is_off_warns_in_one_line(tmp_path):
+    # The batch-size error stops the run before Ray; the warning comes first, on one line.
+    proc = run_cli(["critic.ppo_epochs=2", "data.train_batch_size=6", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
+                   timeout=120)
+    warnings = [line for line in proc.stdout.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert "critic is disabled" in warnings[0] and "critic.ppo_epochs" in warnings[0]

@@ -73,7 +73,7 @@ def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward,
     proc = run_cli(
         small_run_overrides(model, gsm8k_dir, tmp_path, length_reward)
         + ["algorithm.adv_estimator=gae", f"critic.model.path={model}", "actor_rollout_ref.actor.ppo_epochs=2",
-           "critic.ppo_epochs=2", "critic.optim.lr=1e-3"],
+           "critic.ppo_epochs=2", "critic.optim.lr=1e-3", "actor_rollout_ref.model.enable_gradient_checkpointing=true"],
         cwd=tmp_path,
     )
     assert_ok(proc)

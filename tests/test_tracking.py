@@ -83,7 +83,7 @@ def test_progress_bar_is_silent_when_stdout_is_not_a_terminal(capsys):
 
 def test_missing_tensorboard_is_a_user_error_naming_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
-    with pytest.raises(UserError, match="pip install tensorboard"):
+    with pytest.raises(UserError, match=r"pip install 'rl_trainer\[tensorboard\]'"):
         Tracking("p", "e", ["console", "tensorboard"], tmp_path)
 
 
