@@ -177,6 +177,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     _choice(algo.kl_ctrl.type, KL_CTRL_TYPES, "algorithm.kl_ctrl.type")
     _choice(cfg.data.truncation, TRUNCATION_MODES, "data.truncation")
     _choice(trainer.resume_mode, RESUME_MODES, "trainer.resume_mode")
+    _choice(trainer.nonfinite_grad, ("skip", "stop"), "trainer.nonfinite_grad")
     _choice(arr.rollout.name, ROLLOUT_ENGINES, "actor_rollout_ref.rollout.name")
     for key in ("actor.optim.lr_scheduler_type",):
         _choice(arr.actor.optim.lr_scheduler_type, ("constant", "cosine"), f"actor_rollout_ref.{key}")
@@ -203,8 +204,8 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     if not arr.actor.clip_ratio_c > 1:
         raise UserError(f"actor_rollout_ref.actor.clip_ratio_c={arr.actor.clip_ratio_c} must be > 1 (the dual-clip bound)")
     for key, lr in (("actor_rollout_ref.actor.optim.lr", arr.actor.optim.lr), ("critic.optim.lr", cfg.critic.optim.lr)):
-        if not isinstance(lr, (int, float)) or lr < 0:
-            raise UserError(f"{key}={lr} must be a number >= 0")
+        if not isinstance(lr, (int, float)) or not lr > 0:
+            raise UserError(f"{key}={lr} must be a number > 0 (e.g. 1e-6 for the actor, 1e-5 for the critic)")
     if algo.kl_ctrl.type == "adaptive" and not algo.kl_ctrl.horizon > 0:
         raise UserError(f"algorithm.kl_ctrl.horizon={algo.kl_ctrl.horizon} must be > 0 for the adaptive controller")
     for key in ("nnodes", "n_gpus_per_node"):

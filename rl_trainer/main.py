@@ -29,10 +29,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
 
     import ray
 
-    from rl_trainer.checkpoint import CheckpointManager
+    from rl_trainer.checkpoint import CheckpointManager, step_of
     from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
     from rl_trainer.data.sources import resolve_data_files
-    from rl_trainer.distributed import ResourcePool, WorkerGroup
+    from rl_trainer.distributed import ResourcePool, WorkerGroup, WorkerGroupError
     from rl_trainer.models.builtin import resolve_model_path
     from rl_trainer.rewards.custom import get_custom_reward_fn
     from rl_trainer.tracking import Tracking
@@ -68,8 +68,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     # One directory per step holds actor and critic, so the stricter of the two limits applies.
     limits = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k and k > 0]
     checkpoints = CheckpointManager(trainer_cfg.default_local_dir, min(limits) if limits else None)
+    checkpoints.cleanup_stale_tmp()  # leftovers of a run killed while saving
+    resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
+    if resume_path is not None and step_of(resume_path) >= total_steps:
+        print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; nothing to do")
+        return
     print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
     print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
+    check_local_resources(cfg)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
@@ -87,7 +93,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
         PPOTrainer(
             cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor, critic=critic,
             use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints, total_steps=total_steps,
+            resume_path=resume_path,
         ).fit()
+    except WorkerGroupError as exc:
+        latest = checkpoints.latest()
+        raise WorkerGroupError(
+            f"{exc}; last good checkpoint: {latest[1] if latest else 'none'}; rerun the same command to resume "
+            f"from it (trainer.resume_mode=auto)"
+        ) from exc
     finally:
         tracker.finish()
         for group in (critic, actor):
@@ -96,6 +109,30 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
         if pool is not None:
             pool.release()
         ray.shutdown()
+
+
+def check_local_resources(cfg: DictConfig) -> None:
+    """Without a Ray cluster (RAY_ADDRESS), the workers must fit on this machine: say so before starting Ray."""
+    if os.environ.get("RAY_ADDRESS"):
+        return  # the resource pool checks the cluster's resources once connected
+    t = cfg.trainer
+    if t.nnodes > 1:
+        raise UserError(f"trainer.nnodes={t.nnodes} needs a Ray cluster: run `ray start` on every machine and set "
+                        f"RAY_ADDRESS (see README, multi-node), or use trainer.nnodes=1")
+    if t.device == "cuda":
+        import torch
+
+        if t.n_gpus_per_node > torch.cuda.device_count():
+            raise UserError(f"trainer.n_gpus_per_node={t.n_gpus_per_node} but this machine has "
+                            f"{torch.cuda.device_count()} GPU(s); lower trainer.n_gpus_per_node")
+        return
+    cpus = cfg.ray_kwargs.ray_init.num_cpus or os.cpu_count()
+    need = t.n_gpus_per_node * t.cpus_per_worker
+    if need > cpus:
+        raise UserError(
+            f"trainer.n_gpus_per_node * trainer.cpus_per_worker = {t.n_gpus_per_node} * {t.cpus_per_worker} CPUs but "
+            f"Ray may use {cpus} on this machine; lower trainer.n_gpus_per_node or trainer.cpus_per_worker"
+        )
 
 
 def _init_ray(cfg: DictConfig) -> None:
@@ -116,13 +153,15 @@ def _init_ray(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs."""
     hydra_cfg = HydraConfig.get()
+    from rl_trainer.distributed import WorkerGroupError
+
     try:
         run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
-    except UserError as exc:
+    except (UserError, WorkerGroupError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, UserError) else 1)
 
 
 if __name__ == "__main__":

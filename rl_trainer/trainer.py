@@ -23,6 +23,7 @@ from rl_trainer.batch import Batch
 from rl_trainer.checkpoint import CheckpointManager
 from rl_trainer.data.rl_dataset import PromptLoader
 from rl_trainer.distributed import WorkerGroup
+from rl_trainer.faults import fault_point
 from rl_trainer.metrics import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, timed
 from rl_trainer.rewards.manager import compute_token_level_scores
 from rl_trainer.tracking import ProgressBar, Tracking
@@ -35,22 +36,20 @@ GENERATION_INPUTS = ("prompts", "attention_mask", "position_ids")
 class PPOTrainer:
     def __init__(self, cfg: DictConfig, *, tokenizer, train_loader: PromptLoader, val_loader: PromptLoader | None,
                  actor: WorkerGroup, critic: WorkerGroup | None, use_ref: bool, reward_fn, tracker: Tracking,
-                 checkpoints: CheckpointManager, total_steps: int):
+                 checkpoints: CheckpointManager, total_steps: int, resume_path: Path | None):
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.actor, self.critic, self.use_ref = actor, critic, use_ref
         self.reward_fn, self.tracker, self.checkpoints = reward_fn, tracker, checkpoints
-        self.total_steps = total_steps
+        self.total_steps, self.resume_path = total_steps, resume_path
         self.kl_ctrl = get_kl_controller(**OmegaConf.to_container(cfg.algorithm.kl_ctrl))
         self.global_step = 0
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self) -> None:
         trainer_cfg = self.cfg.trainer
-        self._resume()
-        if self.global_step >= self.total_steps:
-            print(f"training already finished: global step {self.global_step} of {self.total_steps}; nothing to do")
-            return
+        if self.resume_path is not None:
+            self._resume(self.resume_path)
         if self.val_loader is not None and (trainer_cfg.val_before_train or trainer_cfg.val_only):
             self.tracker.log(self.validate(), step=self.global_step)
             if trainer_cfg.val_only:
@@ -65,6 +64,8 @@ class PPOTrainer:
                     progress.update()
                     if self.global_step >= self.total_steps:
                         break
+                else:
+                    fault_point("epoch_end", self.global_step)
 
     def train_step(self, prompts: Batch, epoch: int) -> dict[str, float]:
         cfg, step = self.cfg, self.global_step
@@ -75,8 +76,10 @@ class PPOTrainer:
             # One uid per prompt, shared by its rollout.n responses: the group id of GRPO/RLOO/...
             prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
             batch = prompts.repeat(cfg.actor_rollout_ref.rollout.n, interleave=True)
+            fault_point("gen", step)
             with timed("gen", timing):
                 batch = self.actor.dispatch("generate_sequences", _generation_inputs(batch))
+            fault_point("reward", step)
             with timed("reward", timing):
                 scored = compute_token_level_scores(
                     batch["responses"], batch["response_mask"], batch["data_source"], batch["ground_truth"],
@@ -84,6 +87,7 @@ class PPOTrainer:
                 )
                 batch["token_level_scores"] = scored.token_level_scores
                 metrics.update(_extra_reward_metrics(scored.reward_extra_info))
+            fault_point("old_log_prob", step)
             with timed("old_log_prob", timing):
                 batch.update(self.actor.dispatch("compute_log_prob", batch))
                 metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
@@ -99,6 +103,7 @@ class PPOTrainer:
                 with timed("update_critic", timing):
                     metrics.update(self.critic.dispatch_metrics("update_critic", batch))
             if step > cfg.trainer.critic_warmup:
+                fault_point("update_actor", step)
                 with timed("update_actor", timing):
                     metrics.update(self.actor.dispatch_metrics("update_actor", batch))
             if self.val_loader is not None and cfg.trainer.test_freq > 0 and (is_last or step % cfg.trainer.test_freq == 0):
@@ -174,14 +179,10 @@ class PPOTrainer:
             self.critic.call("save_checkpoint", str(tmp / "critic"))
         ckpt_io.save_torch(tmp / "data.pt", self.train_loader.state_dict())
         ckpt_io.save_json(tmp / "trainer_state.json", {"global_step": step, "kl_coef": float(self.kl_ctrl.value)})
+        fault_point("save", step)
         return self.checkpoints.commit(step, tmp)
 
-    def _resume(self) -> None:
-        trainer_cfg = self.cfg.trainer
-        self.checkpoints.cleanup_stale_tmp()
-        path = self.checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
-        if path is None:
-            return
+    def _resume(self, path: Path) -> None:
         print(f"resuming from {path}")
         self.actor.call("load_checkpoint", str(path / "actor"))
         if self.critic is not None:

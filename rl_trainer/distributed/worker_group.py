@@ -30,6 +30,14 @@ class ResourcePool:
     def __init__(self, nnodes: int, n_per_node: int, device: str, cpus_per_worker: float, timeout_s: float = 60.0):
         self.nnodes, self.n_per_node, self.device, self.cpus_per_worker = nnodes, n_per_node, device, cpus_per_worker
         bundle = {"CPU": cpus_per_worker, **({"GPU": 1} if device == "cuda" else {})}
+        have = ray.cluster_resources()
+        for resource, per_worker in bundle.items():
+            if nnodes * n_per_node * per_worker > have.get(resource, 0):
+                raise UserError(
+                    f"trainer.nnodes * trainer.n_gpus_per_node = {nnodes} * {n_per_node} workers need "
+                    f"{nnodes * n_per_node * per_worker:g} {resource} but the Ray cluster has {have.get(resource, 0):g}; "
+                    f"lower trainer.n_gpus_per_node / trainer.nnodes / trainer.cpus_per_worker or add machines"
+                )
         self.placement_groups: list[PlacementGroup] = [
             placement_group([dict(bundle) for _ in range(n_per_node)], strategy="STRICT_PACK") for _ in range(nnodes)
         ]
@@ -37,7 +45,6 @@ class ResourcePool:
             ray.get([pg.ready() for pg in self.placement_groups], timeout=timeout_s)
         except GetTimeoutError:
             self.release()
-            have = ray.cluster_resources()
             raise UserError(
                 f"cannot reserve {nnodes} node(s) x {n_per_node} workers x {bundle} within {timeout_s:.0f}s: the Ray "
                 f"cluster has {{CPU: {have.get('CPU', 0):g}, GPU: {have.get('GPU', 0):g}}} in {len(ray.nodes())} "
@@ -80,16 +87,24 @@ class WorkerGroup:
         self.call("join_group", master_addr, master_port)
 
     def _get(self, refs: list) -> list:
-        try:
-            return ray.get(refs)
-        except RayActorError as exc:
-            rank = next((r for r, ref in enumerate(refs) if _failed(ref)), "?")
-            raise WorkerGroupError(f"worker group {self.name!r} rank {rank} died: {exc.error_msg.splitlines()[0] if getattr(exc, 'error_msg', None) else exc}") from exc
-        except ray.exceptions.RayTaskError as exc:
-            # A UserError inside a worker (e.g. a model path it cannot load) stays a one-line UserError.
-            if isinstance(exc.cause, UserError):
-                raise exc.cause from None
-            raise
+        """Results in rank order. Fails as soon as any rank fails: a dead rank must not leave the driver waiting on
+        the others, which would block in a collective with it."""
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready[0])
+            except RayActorError as exc:
+                reason = str(getattr(exc, "error_msg", "") or exc).strip().splitlines()[0]
+                raise WorkerGroupError(f"worker group {self.name!r} rank {rank_of[ready[0]]} died ({reason})") from exc
+            except ray.exceptions.RayTaskError as exc:
+                # A UserError inside a worker (e.g. a model path it cannot load) stays a one-line UserError;
+                # anything else is a bug and keeps its traceback.
+                if isinstance(exc.cause, UserError):
+                    raise exc.cause from None
+                raise
+        return ray.get(refs)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list:
         """`method(*args, **kwargs)` on every rank; the results in rank order."""
@@ -109,10 +124,3 @@ class WorkerGroup:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
 
-
-def _failed(ref) -> bool:
-    try:
-        ray.get(ref, timeout=0)
-        return False
-    except Exception:
-        return True

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rl_trainer.algos import agg_loss, entropy_from_logits, get_policy_loss_fn, kl_penalty
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import MetricSums, WorkerBase, micro_batches, mini_batches, model_inputs
+from rl_trainer.workers.common import MetricSums, WorkerBase, check_step, micro_batches, mini_batches, model_inputs
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
 from rl_trainer.workers.rollout import ROLLOUT_ENGINES, SamplingParams
 
@@ -121,6 +121,7 @@ class ActorRolloutRefWorker(WorkerBase):
                     loss_scale_factor=actor_cfg.loss_scale_factor,
                 )
                 sums = {"pg_loss": 0.0, "kl_loss": 0.0, "entropy_loss": 0.0}
+                loss_finite = True
                 micros = micro_batches(mini, actor_cfg.ppo_micro_batch_size_per_gpu)
                 for i, mb in enumerate(micros):
                     model.set_requires_gradient_sync(i == len(micros) - 1)
@@ -143,10 +144,12 @@ class ActorRolloutRefWorker(WorkerBase):
                         kl_loss = agg_loss(kld, mask, actor_cfg.loss_agg_mode, **agg)
                         loss = loss + actor_cfg.kl_loss_coef * kl_loss
                         sums["kl_loss"] += kl_loss.item()
+                    loss_finite = loss_finite and bool(torch.isfinite(loss))
                     loss.backward()
                     metrics.add(**{"actor/pg_clipfrac": clipfrac, "actor/ppo_kl": ppo_kl,
                                    "actor/pg_clipfrac_lower": clipfrac_lower})
-                grad_norm, stepped = self.actor.clip_and_step()
+                grad_norm, stepped = self.actor.clip_and_step(loss_finite)
+                check_step(stepped, self.config.trainer.nonfinite_grad, "actor", grad_norm)
                 # Per-rank partial losses sum to the mini-batch loss scaled by world size; the rank mean undoes that.
                 metrics.add(**{"actor/pg_loss": sums["pg_loss"], "actor/grad_norm": grad_norm,
                                "actor/skipped_steps": 0.0 if stepped else 1.0})

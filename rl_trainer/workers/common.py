@@ -10,6 +10,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from rl_trainer.batch import Batch
+from rl_trainer.errors import UserError
 from rl_trainer.workers import fsdp
 
 
@@ -54,6 +55,15 @@ class WorkerBase:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_step(stepped: bool, policy: str, role: str, norm: float) -> None:
+    """trainer.nonfinite_grad=stop: a skipped (non-finite) update ends the run with one line."""
+    if not stepped and policy == "stop":
+        raise UserError(
+            f"non-finite {role} loss or gradient norm ({norm}); the update was not applied and the run stops "
+            f"(trainer.nonfinite_grad=stop); set trainer.nonfinite_grad=skip to skip such steps instead"
+        )
 
 
 def micro_batches(batch: Batch, size: int | None) -> list[Batch]:

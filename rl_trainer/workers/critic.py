@@ -9,7 +9,7 @@ import torch
 from rl_trainer.algos import compute_value_loss, masked_mean
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import MetricSums, WorkerBase, micro_batches, mini_batches, model_inputs
+from rl_trainer.workers.common import MetricSums, WorkerBase, check_step, micro_batches, mini_batches, model_inputs
 from rl_trainer.workers.loading import load_value_model
 
 
@@ -60,6 +60,7 @@ class CriticWorker(WorkerBase):
                     global_batch_size=mini_size * self.world_size,
                 )
                 vf_loss_sum = 0.0
+                loss_finite = True
                 micros = micro_batches(mini, cfg.ppo_micro_batch_size_per_gpu)
                 for i, mb in enumerate(micros):
                     model.set_requires_gradient_sync(i == len(micros) - 1)
@@ -69,10 +70,12 @@ class CriticWorker(WorkerBase):
                         vpreds, mb.tensors["returns"].to(self.device), mb.tensors["values"].to(self.device), mask,
                         cfg.cliprange_value, loss_agg_mode=cfg.loss_agg_mode, **agg,
                     )
+                    loss_finite = loss_finite and bool(torch.isfinite(vf_loss))
                     vf_loss.backward()
                     vf_loss_sum += vf_loss.item()
                     metrics.add(**{"critic/vf_clipfrac": vf_clipfrac, "critic/vpred_mean": masked_mean(vpreds, mask)})
-                grad_norm, stepped = self.critic.clip_and_step()
+                grad_norm, stepped = self.critic.clip_and_step(loss_finite)
+                check_step(stepped, self.config.trainer.nonfinite_grad, "critic", grad_norm)
                 metrics.add(**{"critic/vf_loss": vf_loss_sum, "critic/grad_norm": grad_norm,
                                "critic/skipped_steps": 0.0 if stepped else 1.0})
         lr = self.critic.lr

@@ -150,13 +150,16 @@ class TrainState:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def clip_and_step(self) -> tuple[float, bool]:
-        """Clip the global gradient norm and step; a non-finite norm skips the step. Returns (norm, stepped)."""
+    def clip_and_step(self, loss_finite: bool = True) -> tuple[float, bool]:
+        """Clip the global gradient norm and step, unless the loss or the norm is not finite: then the gradients are
+        dropped and the parameters and optimizer state stay exactly as they were. Returns (norm, stepped)."""
+        if dist.is_initialized():  # every rank must take the same decision
+            loss_finite = global_sum(0.0 if loss_finite else 1.0, self.model_device) == 0
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm=self.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         norm = float(norm)
-        if math.isfinite(norm):
+        if loss_finite and math.isfinite(norm):
             self._move_optimizer_state(self.model_device)
             self.optimizer.step()
             self._move_optimizer_state(torch.device("cpu"))

@@ -95,3 +95,40 @@ def test_two_ranks_with_micro_batches_equal_one_rank_full_batch(role, ray_cluste
     loss = "actor/pg_loss" if role == "actor" else "critic/vf_loss"
     assert metrics2[loss] == pytest.approx(metrics1[loss], rel=1e-5)
     assert metrics1[loss] != 0
+
+
+def test_nonfinite_update_is_skipped_and_leaves_parameters_bit_equal(ray_cluster, tiny_models):
+    # A NaN advantage on a valid token of rank 1's rows only: the loss there is NaN, so every rank must skip.
+    model_dir = str(tiny_models["qwen2"])
+    batch = fixed_batch(vocab=4096)
+    batch["advantages"][5, 0] = float("nan")
+    pool = ResourcePool(1, 2, "cpu", 1)
+    group = WorkerGroup("test", ActorRolloutRefWorker, pool, make_config(model_dir, 2, 2))
+    try:
+        group.call("init_model", model_dir, 10, True)
+        before = group.call("full_params")[0]
+        metrics = group.dispatch_metrics("update_actor", batch)
+        after = group.call("full_params")[0]
+    finally:
+        group.shutdown()
+        pool.release()
+    assert metrics["actor/skipped_steps"] == 1.0
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_nonfinite_update_stops_the_run_when_asked(ray_cluster, tiny_models):
+    from rl_trainer.errors import UserError
+
+    model_dir = str(tiny_models["qwen2"])
+    batch = fixed_batch(vocab=4096)
+    batch["advantages"][0, 0] = float("inf")
+    pool = ResourcePool(1, 1, "cpu", 1)
+    group = WorkerGroup("test", ActorRolloutRefWorker, pool,
+                        make_config(model_dir, 1, "null", ("trainer.nonfinite_grad=stop",)))
+    try:
+        group.call("init_model", model_dir, 10, True)
+        with pytest.raises(UserError, match="trainer.nonfinite_grad=stop"):
+            group.dispatch_metrics("update_actor", batch)
+    finally:
+        group.shutdown()
+        pool.release()
