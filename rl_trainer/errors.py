@@ -8,3 +8,7 @@ full traceback.
 
 class UserError(Exception):
     """A problem with the user's input, described in one line with the fix."""
+
+
+class WorkerGroupError(RuntimeError):
+    """A Ray worker died or vanished mid-run; the message names the worker group and rank."""

@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rl_trainer.errors import UserError
+from rl_trainer.errors import UserError, WorkerGroupError
 
 log = logging.getLogger("rl_trainer")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -27,21 +27,20 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
 
-    import ray
-
     from rl_trainer.checkpoint import CheckpointManager, step_of
     from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
     from rl_trainer.data.sources import resolve_data_files
-    from rl_trainer.distributed import ResourcePool, WorkerGroup, WorkerGroupError
     from rl_trainer.models.builtin import resolve_model_path
     from rl_trainer.rewards.custom import get_custom_reward_fn
-    from rl_trainer.tracking import Tracking
-    from rl_trainer.trainer import PPOTrainer
-    from rl_trainer.workers.actor import ActorRolloutRefWorker
-    from rl_trainer.workers.critic import CriticWorker
     from rl_trainer.workers.loading import load_tokenizer
 
     arr, data, trainer_cfg = cfg.actor_rollout_ref, cfg.data, cfg.trainer
+    check_local_resources(cfg)
+    # One directory per step holds actor and critic, so the stricter of the two limits applies.
+    limits = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k and k > 0]
+    checkpoints = CheckpointManager(trainer_cfg.default_local_dir, min(limits) if limits else None)
+    resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)  # fail fast
+
     model_path = resolve_model_path(arr.model.path, seed=trainer_cfg.seed)
     critic_path = resolve_model_path(cfg.critic.model.path, seed=trainer_cfg.seed) if cfg.critic.enable else None
     tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, trainer_cfg.seed) if data.tokenizer else model_path,
@@ -65,17 +64,23 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     if trainer_cfg.total_training_steps:
         total_steps = min(total_steps, trainer_cfg.total_training_steps)
 
-    # One directory per step holds actor and critic, so the stricter of the two limits applies.
-    limits = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k and k > 0]
-    checkpoints = CheckpointManager(trainer_cfg.default_local_dir, min(limits) if limits else None)
-    checkpoints.cleanup_stale_tmp()  # leftovers of a run killed while saving
-    resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
     if resume_path is not None and step_of(resume_path) >= total_steps:
         print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; nothing to do")
         return
+    # Every input is valid: only now touch the checkpoint directory (leftovers of a run killed while saving).
+    if checkpoints.cleanup_stale_tmp():
+        resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
     print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
     print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
-    check_local_resources(cfg)
+
+    # Inputs are checked; now the heavy machinery (Ray, FSDP, checkpointing) is worth importing.
+    import ray
+
+    from rl_trainer.distributed import ResourcePool, WorkerGroup
+    from rl_trainer.tracking import Tracking
+    from rl_trainer.trainer import PPOTrainer
+    from rl_trainer.workers.actor import ActorRolloutRefWorker
+    from rl_trainer.workers.critic import CriticWorker
 
     config = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
@@ -153,8 +158,6 @@ def _init_ray(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs."""
     hydra_cfg = HydraConfig.get()
-    from rl_trainer.distributed import WorkerGroupError
-
     try:
         run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except (UserError, WorkerGroupError) as exc:

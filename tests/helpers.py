@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +41,40 @@ def small_run_overrides(model_dir, data_dir, tmp_path, reward=None) -> list[str]
     return overrides
 
 
-def run_cli(overrides: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m rl_trainer.main OVERRIDES` as a user runs it; fails the test with its output on a non-zero exit."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "rl_trainer.main", *overrides], cwd=cwd, capture_output=True, text=True, timeout=timeout
+def run_cli(overrides: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m rl_trainer.main OVERRIDES` as a user runs it, in its own session.
+
+    After it exits, `proc.leftover` lists the processes it left in its session (Ray daemons that outlive a killed
+    driver); they are then killed, as a job scheduler would, so one test's debris never reaches the next.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rl_trainer.main", *overrides], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True, env={**os.environ, **(env or {})},
     )
-    return proc
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    result.leftover = session_processes(proc.pid)
+    if result.leftover:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return result
+
+
+def session_processes(sid: int) -> list[str]:
+    """Live processes (not zombies) of session `sid`."""
+    out = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line.strip() for line in out.splitlines()
+            if line.split(None, 1)[0] == str(sid) and not line.split()[1].startswith("Z")]
+
+
+def ray_daemons() -> list[str]:
+    """Ray's per-machine daemons, from any session (there should be none between tests)."""
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if not line.split()[0].startswith("Z") and ("raylet" in line or "gcs_server" in line)]
 
 
 def read_steps(run_dir: Path) -> dict[int, dict]:

@@ -19,11 +19,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl_trainer.batch import Batch
-from rl_trainer.errors import UserError
-
-
-class WorkerGroupError(RuntimeError):
-    """A worker of a group died or failed; names the group and rank."""
+from rl_trainer.errors import UserError, WorkerGroupError
 
 
 class ResourcePool:

@@ -1,0 +1,136 @@
+"""The bad-input corpus: each mistake, made through the real CLI, ends in one line that names the culprit and the
+fix, a non-zero exit, no Ray process left running, and an existing checkpoint directory left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import ray_daemons, run_cli, small_run_overrides
+from rl_trainer.checkpoint import COMPLETE_MARKER
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, gsm8k_dir, tiny_models):
+    """Broken inputs, one file or directory each."""
+    root = tmp_path_factory.mktemp("bad")
+    good = pq.read_table(gsm8k_dir / "train.parquet").slice(0, 16)
+    (root / "garbage.parquet").write_bytes(b"this is not a parquet file")
+    pq.write_table(good.drop(["prompt"]), root / "no_prompt.parquet")
+    pq.write_table(good.set_column(good.schema.get_field_index("reward_model"), "reward_model",
+                                   pa.array(["42"] * len(good))), root / "bad_reward_model.parquet")
+    pq.write_table(good.slice(0, 0), root / "empty.parquet")
+    no_template = root / "no_chat_template"
+    shutil.copytree(tiny_models["qwen2"], no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    (root / "raises.py").write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                                    "    raise KeyError('oops')\n")
+    (root / "not_a_number.py").write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                                          "    return 'correct'\n")
+    return root
+
+
+# (id, overrides with {bad} for the fixture dir, text the one-line error must contain)
+BEFORE_RAY = [
+    ("missing-train-file", ["data.train_files=/nonexistent/train.parquet"], "/nonexistent/train.parquet"),
+    ("unreadable-train-file", ["data.train_files={bad}/garbage.parquet"], "garbage.parquet"),
+    ("no-prompt-column", ["data.train_files={bad}/no_prompt.parquet"], "data.prompt_key"),
+    ("malformed-reward-model", ["data.train_files={bad}/bad_reward_model.parquet"], "reward_model"),
+    ("empty-dataset", ["data.train_files={bad}/empty.parquet"], "empty.parquet"),
+    ("all-prompts-too-long-filtered", ["data.max_prompt_length=8"], "data.max_prompt_length"),
+    ("prompt-too-long-unfiltered", ["data.max_prompt_length=8", "data.filter_overlong_prompts=false"],
+     "data.truncation"),
+    ("nonexistent-model", ["actor_rollout_ref.model.path=/nonexistent/model"],
+     "actor_rollout_ref.model.path=/nonexistent/model"),
+    ("no-chat-template", ["actor_rollout_ref.model.path={bad}/no_chat_template"], "chat template"),
+    ("unknown-estimator", ["algorithm.adv_estimator=ppo"],
+     "algorithm.adv_estimator='ppo' is not valid; choose one of: gae, gpg, grpo"),
+    ("unknown-loss-agg-mode", ["actor_rollout_ref.actor.loss_agg_mode=mean"],
+     "actor_rollout_ref.actor.loss_agg_mode='mean' is not valid; choose one of: token-mean"),
+    ("unknown-kl-loss-type", ["actor_rollout_ref.actor.kl_loss_type=k4"], "actor_rollout_ref.actor.kl_loss_type='k4'"),
+    ("gae-without-critic", ["algorithm.adv_estimator=gae", "critic.enable=false"], "set critic.enable=true"),
+    ("batch-not-divisible", ["data.train_batch_size=6"],
+     "data.train_batch_size=6 is not divisible by actor_rollout_ref.actor.ppo_mini_batch_size=4"),
+    ("micro-batch-not-divisible", ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"],
+     "ppo_micro_batch_size_per_gpu=3 does not divide the 8 sequences per worker"),
+    ("more-workers-than-cpus", ["trainer.n_gpus_per_node=8", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+                                "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+                                "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2"],
+     "trainer.n_gpus_per_node * trainer.cpus_per_worker = 8 * 1 CPUs"),
+    ("several-nodes-without-cluster", ["trainer.nnodes=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+                                       "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"], "RAY_ADDRESS"),
+    ("reward-file-missing", ["custom_reward_function.path=/nonexistent/reward.py"], "/nonexistent/reward.py"),
+    ("reward-function-missing", ["custom_reward_function.path={bad}/raises.py", "custom_reward_function.name=score"],
+     "score"),
+    ("negative-lr", ["actor_rollout_ref.actor.optim.lr=-1e-6"], "actor_rollout_ref.actor.optim.lr=-1e-06 must be"),
+    ("zero-lr", ["actor_rollout_ref.actor.optim.lr=0"], "actor_rollout_ref.actor.optim.lr=0 must be a number > 0"),
+    ("resume-path-missing", ["trainer.resume_mode=resume_path", "trainer.resume_from_path=/nonexistent/global_step_3"],
+     "trainer.resume_from_path"),
+    ("vllm-not-installed", ["actor_rollout_ref.rollout.name=vllm"], "actor_rollout_ref.rollout.name=vllm"),
+    ("unknown-logger", ["trainer.logger=slack"], "trainer.logger='slack' is not valid"),
+]
+# Found while training (the reward function runs on the first batch), after Ray has started.
+DURING_TRAINING = [
+    ("reward-function-raises", ["custom_reward_function.path={bad}/raises.py"], "raises.py"),
+    ("reward-not-a-number", ["custom_reward_function.path={bad}/not_a_number.py"], "not_a_number.py"),
+]
+
+
+def checkpoint_fingerprint(ckpt):
+    return {str(p.relative_to(ckpt)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(ckpt.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("case, overrides, expected", BEFORE_RAY + [pytest.param(*c, marks=pytest.mark.slow)
+                                                                    for c in DURING_TRAINING],
+                         ids=[c[0] for c in BEFORE_RAY + DURING_TRAINING])
+def test_bad_input_is_one_line(case, overrides, expected, bad, tiny_models, gsm8k_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "global_step_1" / "actor").mkdir(parents=True)
+    (ckpt / "global_step_1" / "actor" / "weights.bin").write_bytes(b"\x00" * 1024)
+    (ckpt / "global_step_1" / COMPLETE_MARKER).write_text("")
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("1")
+    before = checkpoint_fingerprint(ckpt)
+
+    args = small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path) + ["data.train_max_samples=32"]
+    args += [o.format(bad=bad) for o in overrides]
+    if case in {c[0] for c in DURING_TRAINING}:
+        args.append("trainer.resume_mode=disable")  # the fake checkpoint above is for inspection, not resuming
+    proc = run_cli(args, cwd=tmp_path, timeout=180)
+
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: "), proc.stderr[-4000:]
+    assert expected in lines[-1], lines[-1]
+    assert "Traceback" not in proc.stderr
+    assert not proc.leftover and not ray_daemons(), proc.leftover
+    assert checkpoint_fingerprint(ckpt) == before
+
+
+def test_unknown_key_fails_with_hydras_error(tmp_path):
+    proc = run_cli(["trainer.no_such_key=1", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "Could not override 'trainer.no_such_key'" in proc.stderr
+
+
+def test_full_traceback_behind_hydra_full_error(tmp_path):
+    proc = run_cli(["algorithm.adv_estimator=ppo", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120,
+                   env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
+
+
+def test_overriding_critic_keys_while_the_critic_is_off_warns_in_one_line(tmp_path):
+    # The batch-size error stops the run before Ray; the warning comes first, on one line.
+    proc = run_cli(["critic.ppo_epochs=2", "data.train_batch_size=6", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
+                   timeout=120)
+    warnings = [line for line in proc.stdout.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert "critic is disabled" in warnings[0] and "critic.ppo_epochs" in warnings[0]
