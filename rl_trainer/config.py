@@ -16,15 +16,15 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY
+from rl_trainer.checkpoint import RESUME_MODES
+from rl_trainer.data.rl_dataset import TRUNCATION_MODES
 from rl_trainer.errors import UserError
+from rl_trainer.tracking import BACKENDS as LOGGERS
 
 log = logging.getLogger(__name__)
 
 ROLLOUT_ENGINES = ("hf", "vllm")
-LOGGERS = ("console", "wandb", "tensorboard")
-TRUNCATION_MODES = ("error", "left", "right", "middle")
 KL_CTRL_TYPES = ("fixed", "adaptive")
-RESUME_MODES = ("auto", "disable", "resume_path")
 # Estimators that compare the n responses of a prompt with each other.
 GROUP_ESTIMATORS = ("grpo", "grpo_passk", "rloo", "opo", "reinforce_plus_plus_baseline", "gpg")
 
