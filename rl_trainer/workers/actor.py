@@ -113,13 +113,7 @@ class ActorRolloutRefWorker(WorkerBase):
         for epoch in range(actor_cfg.ppo_epochs):
             seed = self.config.trainer.seed + epoch
             for mini in mini_batches(batch, mini_size, actor_cfg.shuffle, seed):
-                mask_all = mini.tensors["response_mask"]
-                agg = dict(
-                    dp_size=self.world_size,
-                    batch_num_tokens=fsdp.global_sum(mask_all.sum().item(), self.device),
-                    global_batch_size=mini_size * self.world_size,
-                    loss_scale_factor=actor_cfg.loss_scale_factor,
-                )
+                agg = self.global_batch_info(mini, mini_size, loss_scale_factor=actor_cfg.loss_scale_factor)
                 sums = {"pg_loss": 0.0, "kl_loss": 0.0, "entropy_loss": 0.0}
                 loss_finite = True
                 micros = micro_batches(mini, actor_cfg.ppo_micro_batch_size_per_gpu)

@@ -21,7 +21,8 @@ class WorkerBase:
         self.config: DictConfig = OmegaConf.create(config)
         self.rank, self.world_size, self.device_type, self.threads = rank, world_size, device, threads
         if device == "cpu":
-            fsdp.set_thread_env(threads)
+            # OMP/MKL thread counts come from the actor's runtime_env (they must be set before torch is imported).
+            torch.set_num_threads(threads)
         self.device: torch.device | None = None
         import transformers
 
@@ -42,8 +43,13 @@ class WorkerBase:
         return fsdp.free_port()
 
     def join_group(self, master_addr: str, master_port: int) -> None:
-        self.device = fsdp.init_process_group(self.rank, self.world_size, master_addr, master_port,
-                                              self.device_type, self.threads)
+        self.device = fsdp.init_process_group(self.rank, self.world_size, master_addr, master_port, self.device_type)
+
+    def global_batch_info(self, mini: Batch, mini_size: int, **extra) -> dict:
+        """agg_loss arguments that normalise a rank-local micro-batch loss by the whole mini-batch across ranks
+        (verl's global_batch_info): its valid-token count and sequence count, and the world size."""
+        return dict(dp_size=self.world_size, global_batch_size=mini_size * self.world_size,
+                    batch_num_tokens=fsdp.global_sum(mini.tensors["response_mask"].sum().item(), self.device), **extra)
 
     def node_and_pid(self) -> tuple[str, int]:
         import os

@@ -54,11 +54,7 @@ class CriticWorker(WorkerBase):
         metrics = MetricSums()
         for epoch in range(cfg.ppo_epochs):
             for mini in mini_batches(batch, mini_size, cfg.shuffle, self.config.trainer.seed + epoch):
-                agg = dict(
-                    dp_size=self.world_size,
-                    batch_num_tokens=fsdp.global_sum(mini.tensors["response_mask"].sum().item(), self.device),
-                    global_batch_size=mini_size * self.world_size,
-                )
+                agg = self.global_batch_info(mini, mini_size)
                 vf_loss_sum = 0.0
                 loss_finite = True
                 micros = micro_batches(mini, cfg.ppo_micro_batch_size_per_gpu)

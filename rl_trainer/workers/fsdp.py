@@ -11,7 +11,6 @@ fp32 gradient reduction (FSDP2 MixedPrecisionPolicy).
 from __future__ import annotations
 
 import math
-import os
 import random
 import socket
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
@@ -42,16 +41,13 @@ def free_port() -> tuple[str, int]:
     return addr, port
 
 
-def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, device: str,
-                       threads: int | None = None) -> torch.device:
+def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, device: str) -> torch.device:
     """Join this worker group's own process group (gloo on CPU, NCCL on CUDA); returns the device to use."""
     if device == "cuda":
         torch.cuda.set_device(0)  # Ray exposes exactly the GPU(s) of this worker as cuda:0
         backend, dev = "nccl", torch.device("cuda", 0)
     else:
         backend, dev = "gloo", torch.device("cpu")
-        if threads:
-            torch.set_num_threads(int(threads))
     dist.init_process_group(
         backend=backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size,
         device_id=dev if device == "cuda" else None,
@@ -227,10 +223,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def set_thread_env(threads: int) -> None:
-    """Before torch starts its pools: one setting for OpenMP/MKL and torch."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    torch.set_num_threads(threads)
