@@ -81,10 +81,7 @@ class PPOTrainer:
                 batch = self.actor.dispatch("generate_sequences", _generation_inputs(batch))
             fault_point("reward", step)
             with timed("reward", timing):
-                scored = compute_token_level_scores(
-                    batch["responses"], batch["response_mask"], batch["data_source"], batch["ground_truth"],
-                    self.tokenizer, extra_infos=batch["extra_info"], compute_score=self.reward_fn,
-                )
+                scored = self._score(batch)
                 batch["token_level_scores"] = scored.token_level_scores
                 metrics.update(_extra_reward_metrics(scored.reward_extra_info))
             fault_point("old_log_prob", step)
@@ -119,6 +116,13 @@ class PPOTrainer:
         metrics["training/epoch"] = epoch
         return metrics
 
+    def _score(self, batch: Batch):
+        """Decode each response and score it (custom function, or the rule scorer of its data_source)."""
+        return compute_token_level_scores(
+            batch["responses"], batch["response_mask"], batch["data_source"], batch["ground_truth"], self.tokenizer,
+            extra_infos=batch["extra_info"], compute_score=self.reward_fn,
+        )
+
     def _compute_advantages(self, batch: Batch, metrics: dict[str, float]) -> None:
         algo = self.cfg.algorithm
         if algo.use_kl_in_reward:
@@ -150,10 +154,7 @@ class PPOTrainer:
             batch, pad = _pad_to_multiple(batch, self.actor.world_size)
             out = self.actor.dispatch("generate_sequences", _generation_inputs(batch), validate=True)
             out = out.index(slice(0, len(out) - pad))
-            scored = compute_token_level_scores(
-                out["responses"], out["response_mask"], out["data_source"], out["ground_truth"], self.tokenizer,
-                extra_infos=out["extra_info"], compute_score=self.reward_fn,
-            )
+            scored = self._score(out)
             sequence_scores = scored.token_level_scores.sum(-1).tolist()
             for source, score in zip(out["data_source"], sequence_scores):
                 scores[source].append(score)
