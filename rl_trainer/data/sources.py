@@ -1,13 +1,20 @@
-"""`data.train_files` / `data.val_files` values: parquet paths, or `builtin:gsm8k/{train,test}` (the bundled copy)."""
+"""`data.train_files` / `data.val_files` values: parquet paths, or built-in datasets written on first use.
+
+    builtin:gsm8k/{train,test}       the GSM8K copy bundled with rl_trainer (rl_trainer.data.gsm8k)
+    builtin:digit_shift/{train,test}   the learnable digit-shift task (rl_trainer.data.digit_shift)
+"""
 
 from __future__ import annotations
 
 from omegaconf import ListConfig
 
-from rl_trainer.data.gsm8k import SPLITS, write_gsm8k_parquet
+from rl_trainer.data import digit_shift, gsm8k
 from rl_trainer.errors import UserError
 
-BUILTIN_DATA = {f"builtin:gsm8k/{split}": split for split in SPLITS}
+# Each built-in dataset: its writer (out_dir, overwrite) -> {split: path}, and its splits.
+_WRITERS = {"gsm8k": gsm8k.write_gsm8k_parquet, "digit_shift": digit_shift.write_digit_shift_parquet}
+_SPLITS = {"gsm8k": gsm8k.SPLITS, "digit_shift": digit_shift.SPLITS}
+BUILTIN_DATA = {f"builtin:{name}/{split}": (name, split) for name, splits in _SPLITS.items() for split in splits}
 
 
 def resolve_data_files(files, key: str) -> list[str]:
@@ -23,8 +30,9 @@ def resolve_data_files(files, key: str) -> list[str]:
                 raise UserError(f"{key}={item} is not a built-in dataset; choose one of {', '.join(BUILTIN_DATA)}")
             from rl_trainer.models.builtin import cache_root
 
-            paths = write_gsm8k_parquet(cache_root() / "data" / "gsm8k", overwrite=False)
-            resolved.append(str(paths[BUILTIN_DATA[item]]))
+            name, split = BUILTIN_DATA[item]
+            paths = _WRITERS[name](cache_root() / "data" / name, overwrite=False)
+            resolved.append(str(paths[split]))
         else:
             resolved.append(item)
     return resolved

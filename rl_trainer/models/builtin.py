@@ -1,6 +1,10 @@
-"""The built-in model: a tiny random-init Qwen2 with a BPE tokenizer trained on GSM8K, built on first use.
+"""Built-in models: tiny random-init Qwen2s with their own tokenizers, built on first use.
 
-No pretrained weights are needed to run or test rl_trainer: `actor_rollout_ref.model.path=builtin:tiny-qwen2`
+    builtin:tiny-qwen2      the default model (GSM8K tokenizer) and the benchmark workload, below
+    builtin:tiny-digits  a smaller Qwen2 with one token per character of the digit-shift task
+                            (rl_trainer/data/digit_shift.py): the model that shows learning from scratch
+
+No pretrained weights are needed to run or test rl_trainer: `actor_rollout_ref.model.path=builtin:<name>`
 resolves to a directory that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
 load like any hub checkpoint. It is also the standard benchmark workload, so its shape is fixed:
 
@@ -8,7 +12,7 @@ load like any hub checkpoint. It is also the standard benchmark workload, so its
         num_attention_heads=4, num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024,
         tie_word_embeddings=True))                      ~3.9M parameters, float32, random init from `seed`
 
-    tokenizer: byte-level BPE, exactly 4,096 tokens, trained on the GSM8K train questions + answers with
+    tokenizer of builtin:tiny-qwen2: byte-level BPE, exactly 4,096 tokens, trained on the GSM8K train questions + answers with
     Qwen2's own normalizer and pre-tokenizer (NFC, Qwen's digit-splitting regex, ByteLevel without regex),
     because `AutoTokenizer` rebuilds exactly that pipeline for a tokenizer saved next to a qwen2 config
     and any other pre-tokenizer would change the ids after reload. Special tokens: <|endoftext|> (id 0,
@@ -53,6 +57,22 @@ TINY_QWEN2 = dict(
     num_key_value_heads=2,
     vocab_size=4096,
     max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+
+
+# builtin:tiny-digits: 13 tokens (EOS/pad, ten digits, the filler "." and "=", which the chat template
+# appends as the generation prompt). Small enough that a 2-core CPU runs an RL step in about a second.
+DIGITS_VOCAB = (EOS_TOKEN, *"0123456789", ".", "=")
+DIGITS_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}{% if add_generation_prompt %}={% endif %}"
+TINY_DIGITS = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    vocab_size=len(DIGITS_VOCAB),
+    max_position_embeddings=64,
     tie_word_embeddings=True,
 )
 
@@ -179,13 +199,45 @@ def build_tokenizer(trained=None):
     return tokenizer
 
 
+def build_digits_tokenizer():
+    """One token per character of the digit tasks (word-level vocabulary, characters split by a regex).
+
+    Saved next to a qwen2 config, `AutoTokenizer` reloads it as a Qwen2Tokenizer whose byte-level pipeline
+    maps these ASCII characters to themselves, so the ids survive the round trip (tests/models checks it).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(WordLevel({token: i for i, token in enumerate(DIGITS_VOCAB)}, unk_token=EOS_TOKEN))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, unk_token=EOS_TOKEN,
+        model_max_length=TINY_DIGITS["max_position_embeddings"],
+    )
+    tokenizer.chat_template = DIGITS_TEMPLATE
+    return tokenizer
+
+
 def _build_tiny_qwen2(out_dir: Path, seed: int) -> None:
+    _save_random_qwen2(out_dir, seed, build_tokenizer(), tiny_qwen2_config())
+
+
+def _build_tiny_digits(out_dir: Path, seed: int) -> None:
+    from transformers import Qwen2Config
+
+    eos_id = DIGITS_VOCAB.index(EOS_TOKEN)
+    config = Qwen2Config(**TINY_DIGITS, bos_token_id=None, eos_token_id=eos_id, pad_token_id=eos_id, dtype="float32")
+    _save_random_qwen2(out_dir, seed, build_digits_tokenizer(), config)
+
+
+def _save_random_qwen2(out_dir: Path, seed: int, tokenizer, config) -> None:
+    """Save a Qwen2ForCausalLM(config) initialised from `seed`, and `tokenizer`, as a from_pretrained directory."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
     from transformers.utils import logging as hf_logging
 
-    tokenizer = build_tokenizer()
-    config = tiny_qwen2_config()
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config).to(torch.float32)
@@ -202,7 +254,7 @@ def _build_tiny_qwen2(out_dir: Path, seed: int) -> None:
     tokenizer.save_pretrained(out_dir, save_jinja_files=False)
 
 
-_BUILDERS = {"tiny-qwen2": _build_tiny_qwen2}
+_BUILDERS = {"tiny-qwen2": _build_tiny_qwen2, "tiny-digits": _build_tiny_digits}
 
 
 def _is_complete(directory: Path) -> bool:
