@@ -65,7 +65,7 @@ def _fsync_tree(root: Path) -> None:
         _fsync_path(Path(dirpath))
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """`write(tmp_path)` into a temporary sibling, fsync it, then rename over `path` (readers see old or new)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
@@ -80,7 +80,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as JSON, atomically."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
 
 
 def load_json(path: str | os.PathLike) -> Any:
@@ -91,7 +91,7 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
     """`torch.save(obj)`, atomically (RNG states, dataloader state, ...)."""
     import torch
 
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path: str | os.PathLike, weights_only: bool = False) -> Any:
@@ -134,7 +134,7 @@ class CheckpointManager:
         tmp_dir = Path(tmp_dir).absolute()
         if tmp_dir.parent != self.root or not tmp_dir.is_dir():
             raise ValueError(f"{tmp_dir} is not a directory from begin() under {self.root}")
-        _atomic_write(tmp_dir / COMPLETE_MARKER, lambda tmp: tmp.write_text(f"{step}\n"))
+        atomic_write(tmp_dir / COMPLETE_MARKER, lambda tmp: tmp.write_text(f"{step}\n"))
         _fsync_tree(tmp_dir)
 
         final = self.step_dir(step)
@@ -145,7 +145,7 @@ class CheckpointManager:
         os.replace(tmp_dir, final)
         _fsync_path(self.root)
         # The tracker goes last: until it is rewritten, the previous checkpoint stays the latest.
-        _atomic_write(self.tracker_path, lambda tmp: tmp.write_text(str(step)))
+        atomic_write(self.tracker_path, lambda tmp: tmp.write_text(str(step)))
         if stale is not None:
             shutil.rmtree(stale)
         self._prune(keep=final)

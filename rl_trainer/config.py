@@ -13,11 +13,12 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY
 from rl_trainer.checkpoint import RESUME_MODES
 from rl_trainer.data.rl_dataset import TRUNCATION_MODES
+from rl_trainer.dumps import DUMP_KEYS, check_dump_dir
 from rl_trainer.errors import UserError
 from rl_trainer.tracking import BACKENDS as LOGGERS
 
@@ -213,6 +214,8 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
             raise UserError(f"trainer.{key}={trainer[key]} must be a positive integer")
     if not trainer.cpus_per_worker > 0:
         raise UserError(f"trainer.cpus_per_worker={trainer.cpus_per_worker} must be > 0")
+    for key in DUMP_KEYS:
+        check_dump_dir(OmegaConf.select(cfg, key), key)
     if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
         raise UserError("trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoint dir>")
     if arr.model.use_remove_padding:

@@ -57,7 +57,8 @@ DEFAULT_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # Keys that never tell runs apart in a legend: where a run writes (not what it does), logging, resuming.
 LABEL_IGNORED_KEYS = ("hydra.*", "trainer.default_local_dir", "trainer.resume_mode", "trainer.resume_from_path",
-                      "trainer.logger", "trainer.log_val_generations")
+                      "trainer.logger", "trainer.log_val_generations", "trainer.rollout_data_dir",
+                      "trainer.validation_data_dir")
 # Names that usually restate the keys that differ: used only when those alone leave two runs with the same label.
 LABEL_NAME_KEYS = ("trainer.experiment_name", "trainer.project_name")
 

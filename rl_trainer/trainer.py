@@ -23,6 +23,7 @@ from rl_trainer.batch import Batch
 from rl_trainer.checkpoint import CheckpointManager
 from rl_trainer.data.rl_dataset import PromptLoader
 from rl_trainer.distributed import WorkerGroup
+from rl_trainer.dumps import generation_records, write_step_jsonl
 from rl_trainer.faults import fault_point
 from rl_trainer.metrics import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, timed
 from rl_trainer.rewards.manager import compute_token_level_scores
@@ -96,6 +97,10 @@ class PPOTrainer:
                     batch.update(self.critic.dispatch("compute_values", batch))
             with timed("adv", timing):
                 self._compute_advantages(batch, metrics)
+            if cfg.trainer.rollout_data_dir:
+                with timed("dump_rollout_generations", timing):
+                    records = generation_records(batch, self.tokenizer, step, scored.reward_extra_info)
+                    write_step_jsonl(cfg.trainer.rollout_data_dir, step, records, key="trainer.rollout_data_dir")
             if self.critic is not None:
                 with timed("update_critic", timing):
                     metrics.update(self.critic.dispatch_metrics("update_critic", batch))
@@ -149,12 +154,17 @@ class PPOTrainer:
         scores: dict[str, list[float]] = defaultdict(list)
         lengths: list[float] = []
         samples: list[tuple[str, str, float]] = []
+        dump_dir, dump = self.cfg.trainer.validation_data_dir, []
         for prompts in self.val_loader:
+            prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
             batch = prompts.repeat(val_kwargs.n, interleave=True)
             batch, pad = _pad_to_multiple(batch, self.actor.world_size)
             out = self.actor.dispatch("generate_sequences", _generation_inputs(batch), validate=True)
             out = out.index(slice(0, len(out) - pad))
             scored = self._score(out)
+            out["token_level_scores"] = scored.token_level_scores
+            if dump_dir:
+                dump += generation_records(out, self.tokenizer, self.global_step, scored.reward_extra_info)
             sequence_scores = scored.token_level_scores.sum(-1).tolist()
             for source, score in zip(out["data_source"], sequence_scores):
                 scores[source].append(score)
@@ -166,6 +176,8 @@ class PPOTrainer:
                 samples.append((prompt, response, sequence_scores[row]))
         for prompt, response, score in samples:
             print(f"[validation] score={score:g}\n[prompt] {prompt}\n[response] {response}")
+        if dump_dir:
+            write_step_jsonl(dump_dir, self.global_step, dump, key="trainer.validation_data_dir")
         metrics = {f"val-core/{source}/reward/mean@{val_kwargs.n}": float(np.mean(v)) for source, v in scores.items()}
         metrics["val-aux/response_length/mean"] = float(np.mean(lengths))
         return metrics

@@ -128,14 +128,14 @@ def test_a_failed_commit_prunes_nothing_and_keeps_the_previous_latest(tmp_path, 
 def test_crash_before_the_tracker_update_keeps_the_previous_latest(tmp_path, monkeypatch):
     manager = CheckpointManager(tmp_path)
     _save(manager, 1)
-    real_write = checkpoint_module._atomic_write
+    real_write = checkpoint_module.atomic_write
 
     def tracker_write_fails(path, write):
         if path.name == TRACKER_FILE:
             raise KeyboardInterrupt  # killed right after the rename
         real_write(path, write)
 
-    monkeypatch.setattr(checkpoint_module, "_atomic_write", tracker_write_fails)
+    monkeypatch.setattr(checkpoint_module, "atomic_write", tracker_write_fails)
     with pytest.raises(KeyboardInterrupt):
         _save(manager, 2)
     assert manager.latest() == (1, tmp_path / "global_step_1")  # the tracker is the commit point
