@@ -13,12 +13,19 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rl_trainer.errors import UserError, WorkerGroupError
+from rl_trainer.sweep import job_tag, register_resolver
 
 log = logging.getLogger("rl_trainer")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+register_resolver()  # before Hydra composes: configs/ppo_trainer.yaml names sweep jobs with it
+
+
+class SweepJobFailed(Exception):
+    """One multirun job failed (its error is printed); Hydra runs the remaining jobs, then exits 1."""
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
@@ -156,13 +163,24 @@ def _init_ray(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)
 def main(cfg: DictConfig) -> None:
-    """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs."""
+    """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs.
+
+    In a multirun, each job checkpoints into its own subdirectory of trainer.default_local_dir (rl_trainer.sweep)
+    and a failed job does not stop the others: its error is printed, the sweep goes on, and the command exits 1.
+    """
     hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:
+        cfg.trainer.default_local_dir = str(Path(cfg.trainer.default_local_dir) / job_tag(overrides))
     try:
-        run(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+        run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
     except (UserError, WorkerGroupError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if multirun:
+            print(f"error: job {hydra_cfg.job.num} ({job_tag(overrides)}): {exc}", file=sys.stderr)
+            raise SweepJobFailed(f"job {hydra_cfg.job.num} failed: {exc}") from None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2 if isinstance(exc, UserError) else 1)
 
