@@ -195,6 +195,9 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
             "actor_rollout_ref.rollout.name=vllm is not available in this version of rl_trainer yet; "
             "use actor_rollout_ref.rollout.name=hf"
         )
+    if algo.adv_estimator == "remax":
+        raise UserError("algorithm.adv_estimator=remax needs a greedy baseline response per prompt (reward_baselines), "
+                        "which rl_trainer does not generate yet; use grpo, rloo or reinforce_plus_plus_baseline")
     if algo.adv_estimator == "gae" and not cfg.critic.enable:
         raise UserError("algorithm.adv_estimator=gae needs a value model; set critic.enable=true (or leave it null)")
     if algo.adv_estimator in GROUP_ESTIMATORS and arr.rollout.n < 2:

@@ -76,6 +76,7 @@ BEFORE_RAY = [
      "trainer.resume_from_path"),
     ("vllm-not-installed", ["actor_rollout_ref.rollout.name=vllm"], "actor_rollout_ref.rollout.name=vllm"),
     ("unknown-logger", ["trainer.logger=slack"], "trainer.logger='slack' is not valid"),
+    ("remax-without-baseline-rollout", ["algorithm.adv_estimator=remax"], "algorithm.adv_estimator=remax needs"),
 ]
 # Found while training (the reward function runs on the first batch), after Ray has started.
 DURING_TRAINING = [
