@@ -165,14 +165,16 @@ def _init_ray(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs.
 
-    In a multirun, each job checkpoints into its own subdirectory of trainer.default_local_dir (rl_trainer.sweep)
-    and a failed job does not stop the others: its error is printed, the sweep goes on, and the command exits 1.
+    In a multirun, each job checkpoints (and dumps rollouts) into its own subdirectory of trainer.default_local_dir
+    (trainer.rollout_data_dir, trainer.validation_data_dir) named by rl_trainer.sweep.job_tag, and a failed job does not stop the others: its error is printed, the sweep goes on, and the command exits 1.
     """
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun:
-        cfg.trainer.default_local_dir = str(Path(cfg.trainer.default_local_dir) / job_tag(overrides))
+    if multirun:  # jobs must not share checkpoints (resume) or dumps (overwrites): one subdirectory each
+        for key in ("default_local_dir", "rollout_data_dir", "validation_data_dir"):
+            if cfg.trainer[key]:
+                cfg.trainer[key] = str(Path(cfg.trainer[key]) / job_tag(overrides))
     try:
         run(cfg, Path(hydra_cfg.runtime.output_dir), overrides)
     except (UserError, WorkerGroupError) as exc:

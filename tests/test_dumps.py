@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from helpers import REPO, run_cli
+from helpers import REPO
 from rl_trainer.algos import compute_advantage
 from rl_trainer.batch import Batch
 from rl_trainer.config import validate_config
@@ -163,30 +163,4 @@ def test_a_directory_that_cannot_be_created_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"trainer\.validation_data_dir="):
         validate_config(cfg)
 
-
-@pytest.mark.slow
-def test_cli_run_dumps_rollouts_and_validations(tmp_path):
-    rollout_dir, val_dir = tmp_path / "rollouts", tmp_path / "val"
-    proc = run_cli([
-        "actor_rollout_ref.model.path=builtin:tiny-digits", "data.train_files=builtin:digit_shift/train",
-        "data.val_files=builtin:digit_shift/test", "data.max_prompt_length=8", "data.max_response_length=1",
-        "data.val_max_samples=8", "trainer.n_gpus_per_node=1", "trainer.total_training_steps=2",
-        "trainer.val_before_train=true", "trainer.test_freq=2", "trainer.save_freq=-1",
-        f"trainer.default_local_dir={tmp_path}/ckpt", f"hydra.run.dir={tmp_path}/run",
-        f"trainer.rollout_data_dir={rollout_dir}", f"trainer.validation_data_dir={val_dir}",
-    ], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert sorted(p.name for p in rollout_dir.iterdir()) == ["1.jsonl", "2.jsonl"]
-    assert sorted(p.name for p in val_dir.iterdir()) == ["0.jsonl", "2.jsonl"]
-    fields = {"step", "uid", "index", "data_source", "ground_truth", "prompt", "response", "response_length",
-              "score", "group_mean", "group_std"}
-    for step in (1, 2):
-        records = [json.loads(line) for line in (rollout_dir / f"{step}.jsonl").read_text().splitlines()]
-        assert len(records) == 8 * 4  # data.train_batch_size * rollout.n (the defaults)
-        assert all(fields | {"reward", "advantage"} <= r.keys() and r["step"] == step for r in records)
-        assert len({r["uid"] for r in records}) == 8
-        assert all(r["data_source"] == "rl_trainer/digit_shift" for r in records)
-    for step in (0, 2):
-        records = [json.loads(line) for line in (val_dir / f"{step}.jsonl").read_text().splitlines()]
-        assert len(records) == 8  # val_max_samples * val_kwargs.n (1)
-        assert all(fields <= r.keys() and "advantage" not in r and r["step"] == step for r in records)
+# The end-to-end check (real CLI, per-job dump dirs in a multirun) is in tests/test_learning.py.

@@ -8,7 +8,11 @@ version, through the real CLI and Hydra multirun, with thresholds stated here:
   a learning rate of 1e-12 must stay below LEARNED. (A learning rate of exactly 0 is rejected as bad input,
   tests/test_bad_input.py; 1e-12 moves no float32 weight of this model, so it is the same control.)
 - PPO (GAE + critic) is in tests/test_sweep.py: the estimator sweep checks its reward trend.
+
+The same sweep checks the rollout and validation dumps end to end: one file per step, per job.
 """
+
+import json
 
 import pytest
 from helpers import read_steps, run_cli
@@ -26,6 +30,7 @@ def test_grpo_learns_digit_shift_and_a_zero_learning_rate_does_not(tmp_path):
         "actor_rollout_ref.actor.optim.lr=1e-3,1e-12",
         "trainer.total_training_steps=40", "trainer.test_freq=40", "trainer.save_freq=-1", "trainer.logger=[]",
         f"hydra.sweep.dir={sweep}", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        f"trainer.rollout_data_dir={tmp_path / 'rollouts'}", f"trainer.validation_data_dir={tmp_path / 'val'}",
     ], cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     learned = read_steps(sweep / "0-actor_rollout_ref.actor.optim.lr=0.001")
@@ -37,3 +42,17 @@ def test_grpo_learns_digit_shift_and_a_zero_learning_rate_does_not(tmp_path):
     # Training reward climbs too (means of the first and last five steps).
     first, last = (sum(learned[s]["critic/score/mean"] for s in steps) / 5 for steps in (range(1, 6), range(36, 41)))
     assert last - first >= 0.3, (first, last)
+
+    # Dumps: per job (never overwritten by a sibling), one JSONL per step, one line per response.
+    rollouts, val = (tmp_path / kind / "actor_rollout_ref.actor.optim.lr=0.001" for kind in ("rollouts", "val"))
+    assert sorted(int(p.stem) for p in rollouts.glob("*.jsonl")) == list(range(1, 41))
+    assert sorted(p.name for p in val.glob("*.jsonl")) == ["0.jsonl", "40.jsonl"]
+    assert (tmp_path / "rollouts" / "actor_rollout_ref.actor.optim.lr=1e-12" / "40.jsonl").is_file()
+    fields = {"step", "uid", "prompt", "response", "response_length", "score", "group_mean", "group_std"}
+    records = [json.loads(line) for line in (rollouts / "40.jsonl").read_text().splitlines()]
+    assert len(records) == 16 * 8 and len({r["uid"] for r in records}) == 16  # train_batch_size x rollout.n
+    assert all(fields | {"reward", "advantage"} <= r.keys() and r["step"] == 40 for r in records)
+    assert sum(r["score"] for r in records) / len(records) == pytest.approx(learned[40]["critic/score/mean"])
+    records = [json.loads(line) for line in (val / "40.jsonl").read_text().splitlines()]
+    assert len(records) == 100 and all(fields <= r.keys() and "advantage" not in r for r in records)
+    assert sum(r["score"] for r in records) / 100 == pytest.approx(learned[40][VAL])
