@@ -13,8 +13,8 @@ directory, which stands for its subdirectories that hold one (in natural order: 
 
 Panels: `--metrics` takes metric names and fnmatch patterns (`'val-core/*'`), each of which must match a metric of
 some run. Without it, the default panels (`DEFAULT_PANELS`) are reward mean, validation score, response length, KL,
-entropy and step time; each takes the first of its candidate metrics that any run logged (KL: the actor's KL loss,
-else the KL penalty in the reward, else the PPO KL between old and new policy) and is skipped, with a note on
+entropy and step time; each takes the first of its candidate metrics that any run logged (KL: the actor's KL loss
+and the KL penalty in the reward, whichever runs logged, else the PPO KL between old and new policy) and is skipped, with a note on
 stderr, when no run logged any of them.
 
 Legend labels: the config keys whose values differ between the runs (`adv_estimator=gae, kl_loss_coef=0.01`),
@@ -45,12 +45,13 @@ from rl_trainer.errors import UserError
 from rl_trainer.tracking import METRICS_FILE, read_metrics
 
 # (title, candidate metrics or fnmatch patterns): the first candidate that any run logged fills the panel; a pattern
-# fills one panel per metric it matches (validation: one per data source).
+# fills one panel per metric it matches (validation: one per data source), and so does "a|b" (KL as a loss in
+# one run, KL in the reward in another: both are drawn).
 DEFAULT_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reward mean", ("critic/score/mean", "critic/rewards/mean")),
     ("validation score", ("val-core/*/reward/mean@*",)),
     ("response length", ("response_length/mean",)),
-    ("KL", ("actor/kl_loss", "actor/reward_kl_penalty", "actor/ppo_kl")),
+    ("KL", ("actor/kl_loss|actor/reward_kl_penalty", "actor/ppo_kl")),
     ("entropy", ("actor/entropy",)),
     ("step time", ("timing_s/step", "perf/time_per_step")),
 )
@@ -117,7 +118,7 @@ def _matching(pattern: str, available: Sequence[str]) -> list[str]:
 
 def _first_present(candidates: Sequence[str], available: Sequence[str]) -> list[str]:
     for candidate in candidates:
-        matches = _matching(candidate, available)
+        matches = [m for alternative in candidate.split("|") for m in _matching(alternative, available)]
         if matches:
             return matches
     return []

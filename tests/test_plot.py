@@ -156,7 +156,7 @@ def test_default_panels_take_the_first_candidate_any_run_logged(tmp_path, two_ru
     available = {key for run in series for key in run}
     chosen, notes = select_metrics(available)
     assert chosen == ["critic/score/mean", "val-core/openai/gsm8k/reward/mean@1", "response_length/mean",
-                      "actor/kl_loss", "actor/entropy", "timing_s/step"]
+                      "actor/kl_loss", "actor/reward_kl_penalty", "actor/entropy", "timing_s/step"]
     assert notes == []
     # Each default panel falls back through its candidates; validation: one panel per matching metric.
     chosen, notes = select_metrics({"critic/rewards/mean", "actor/ppo_kl", "actor/reward_kl_penalty",
@@ -164,6 +164,9 @@ def test_default_panels_take_the_first_candidate_any_run_logged(tmp_path, two_ru
     assert chosen == ["critic/rewards/mean", "val-core/a/reward/mean@1", "val-core/b/reward/mean@4",
                       "actor/reward_kl_penalty", "perf/time_per_step"]
     assert [note.split(":")[0] for note in notes] == ["no response length panel", "no entropy panel"]
+    # KL as a loss in one run and in the reward in another: both are drawn, and the PPO KL is not.
+    chosen, _ = select_metrics({"actor/kl_loss", "actor/reward_kl_penalty", "actor/ppo_kl"})
+    assert chosen == ["actor/kl_loss", "actor/reward_kl_penalty"]
     # Explicit names and patterns, in the order given, each metric once.
     assert select_metrics(available, ["actor/entropy", "critic/*/mean", "critic/score/mean"])[0] == [
         "actor/entropy", "critic/rewards/mean", "critic/score/mean"]
