@@ -42,7 +42,7 @@ from typing import Any
 
 import datasets
 
-from rl_trainer.errors import UserError
+from rl_trainer.data.parquet import write_parquet_splits
 
 DATA_SOURCE = "rl_trainer/digit_shift"
 SPLITS = ("train", "test")
@@ -110,21 +110,8 @@ def trivial_policy_accuracies(rows: list[dict[str, Any]]) -> dict[str, float]:
 def write_digit_shift_parquet(out_dir: str | os.PathLike, overwrite: bool = True) -> dict[str, Path]:
     """Write `train.parquet` (500 rows) and `test.parquet` (100 rows) into `out_dir`; return {split: path}.
 
-    Written under a temporary name and renamed into place, so an interrupted run leaves no truncated file.
+    Crash-safe, and with overwrite=False existing files are kept (rl_trainer.data.parquet.write_parquet_splits).
     """
-    out_dir = Path(out_dir).expanduser().absolute()
-    paths = {split: out_dir / f"{split}.parquet" for split in SPLITS}
-    if not overwrite and all(path.is_file() for path in paths.values()):
-        return paths
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory {out_dir} ({e.strerror}); choose a writable path") from e
-    for split, path in paths.items():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            datasets.Dataset.from_list(make_rows(split)).to_parquet(str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return paths
+    return write_parquet_splits(
+        out_dir, SPLITS, lambda: {split: datasets.Dataset.from_list(make_rows(split)) for split in SPLITS}, overwrite
+    )

@@ -19,6 +19,7 @@ from typing import Any
 
 import datasets
 
+from rl_trainer.data.parquet import write_parquet_splits
 from rl_trainer.errors import UserError
 
 DATA_SOURCE = "openai/gsm8k"
@@ -112,28 +113,9 @@ def write_gsm8k_parquet(
 ) -> dict[str, Path]:
     """Write `train.parquet` and `test.parquet` (verl schema) into `out_dir`; return {split: path}.
 
-    Each file is written under a temporary name and renamed into place, so an interrupted run never
-    leaves a truncated parquet behind. With overwrite=False, existing files are kept (for the default run,
-    which builds the data once).
+    Crash-safe, and with overwrite=False existing files are kept (rl_trainer.data.parquet.write_parquet_splits).
     """
-    out_dir = Path(out_dir).expanduser().absolute()
-    paths = {split: out_dir / f"{split}.parquet" for split in SPLITS}
-    if not overwrite and all(path.is_file() for path in paths.values()):
-        return paths
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory {out_dir} ({e.strerror}); choose a writable path") from e
-
-    converted = convert_gsm8k(load_gsm8k(source))
-    for split, path in paths.items():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            converted[split].to_parquet(str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return paths
+    return write_parquet_splits(out_dir, SPLITS, lambda: convert_gsm8k(load_gsm8k(source)), overwrite=overwrite)
 
 
 def _load_jsonl_dir(directory: Path) -> datasets.DatasetDict:
