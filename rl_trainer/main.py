@@ -165,8 +165,9 @@ def _init_ray(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     """Recognised user errors end in one line (HYDRA_FULL_ERROR=1 shows the traceback); bugs keep theirs.
 
-    In a multirun, each job checkpoints (and dumps rollouts) into its own subdirectory of trainer.default_local_dir
-    (trainer.rollout_data_dir, trainer.validation_data_dir) named by rl_trainer.sweep.job_tag, and a failed job does not stop the others: its error is printed, the sweep goes on, and the command exits 1.
+    In a multirun, each job checkpoints into its own subdirectory of trainer.default_local_dir (and dumps into its
+    own subdirectories of trainer.rollout_data_dir / validation_data_dir), named by rl_trainer.sweep.job_tag; a
+    failed job does not stop the others: its error is printed, the sweep goes on, and the command exits 1.
     """
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
