@@ -1,6 +1,6 @@
 """`data.train_files` / `data.val_files` values: parquet paths, or built-in datasets written on first use.
 
-    builtin:gsm8k/{train,test}       the GSM8K copy bundled with rl_trainer (rl_trainer.data.gsm8k)
+    builtin:gsm8k/{train,test}         the GSM8K copy bundled with rl_trainer (rl_trainer.data.gsm8k)
     builtin:digit_shift/{train,test}   the learnable digit-shift task (rl_trainer.data.digit_shift)
 """
 
@@ -11,10 +11,12 @@ from omegaconf import ListConfig
 from rl_trainer.data import digit_shift, gsm8k
 from rl_trainer.errors import UserError
 
-# Each built-in dataset: its writer (out_dir, overwrite) -> {split: path}, and its splits.
-_WRITERS = {"gsm8k": gsm8k.write_gsm8k_parquet, "digit_shift": digit_shift.write_digit_shift_parquet}
-_SPLITS = {"gsm8k": gsm8k.SPLITS, "digit_shift": digit_shift.SPLITS}
-BUILTIN_DATA = {f"builtin:{name}/{split}": (name, split) for name, splits in _SPLITS.items() for split in splits}
+# Each built-in dataset: its splits, and its writer (out_dir, overwrite=...) -> {split: path}.
+_BUILTINS = {
+    "gsm8k": (gsm8k.SPLITS, gsm8k.write_gsm8k_parquet),
+    "digit_shift": (digit_shift.SPLITS, digit_shift.write_digit_shift_parquet),
+}
+BUILTIN_DATA = {f"builtin:{name}/{split}": (name, split) for name, (splits, _) in _BUILTINS.items() for split in splits}
 
 
 def resolve_data_files(files, key: str) -> list[str]:
@@ -31,7 +33,7 @@ def resolve_data_files(files, key: str) -> list[str]:
             from rl_trainer.models.builtin import cache_root
 
             name, split = BUILTIN_DATA[item]
-            paths = _WRITERS[name](cache_root() / "data" / name, overwrite=False)
+            paths = _BUILTINS[name][1](cache_root() / "data" / name, overwrite=False)
             resolved.append(str(paths[split]))
         else:
             resolved.append(item)

@@ -1,18 +1,18 @@
 """Built-in models: tiny random-init Qwen2s with their own tokenizers, built on first use.
 
-    builtin:tiny-qwen2      the default model (GSM8K tokenizer) and the benchmark workload, below
-    builtin:tiny-digits  a smaller Qwen2 with one token per character of the digit-shift task
-                            (rl_trainer/data/digit_shift.py): the model that shows learning from scratch
+    builtin:tiny-qwen2    the default model (GSM8K tokenizer) and the benchmark workload, below
+    builtin:tiny-digits   a smaller Qwen2 with one token per character of the digit-shift task
+                          (rl_trainer/data/digit_shift.py): the model that shows learning from scratch
 
 No pretrained weights are needed to run or test rl_trainer: `actor_rollout_ref.model.path=builtin:<name>`
 resolves to a directory that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-load like any hub checkpoint. It is also the standard benchmark workload, so its shape is fixed:
+load like any hub checkpoint. builtin:tiny-qwen2 is also the standard benchmark workload, so its shape is fixed:
 
     Qwen2ForCausalLM(Qwen2Config(hidden_size=256, intermediate_size=688, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024,
         tie_word_embeddings=True))                      ~3.9M parameters, float32, random init from `seed`
 
-    tokenizer of builtin:tiny-qwen2: byte-level BPE, exactly 4,096 tokens, trained on the GSM8K train questions + answers with
+    tokenizer: byte-level BPE, exactly 4,096 tokens, trained on the GSM8K train questions + answers with
     Qwen2's own normalizer and pre-tokenizer (NFC, Qwen's digit-splitting regex, ByteLevel without regex),
     because `AutoTokenizer` rebuilds exactly that pipeline for a tokenizer saved next to a qwen2 config
     and any other pre-tokenizer would change the ids after reload. Special tokens: <|endoftext|> (id 0,
