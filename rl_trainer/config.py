@@ -221,6 +221,20 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
         check_dump_dir(OmegaConf.select(cfg, key), key)
     if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
         raise UserError("trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoint dir>")
+    if not arr.actor.recompute_old_log_prob:
+        off_policy = []
+        if arr.actor.ppo_epochs != 1:
+            off_policy.append(f"actor_rollout_ref.actor.ppo_epochs={arr.actor.ppo_epochs}")
+        if arr.actor.ppo_mini_batch_size != cfg.data.train_batch_size:
+            off_policy.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={arr.actor.ppo_mini_batch_size} "
+                              f"< data.train_batch_size={cfg.data.train_batch_size}")
+        if algo.use_kl_in_reward:
+            off_policy.append("algorithm.use_kl_in_reward=true (needs old_log_prob before the update)")
+        if off_policy:
+            raise UserError(
+                "actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "
+                f"{'; '.join(off_policy)}; set actor_rollout_ref.actor.recompute_old_log_prob=true"
+            )
     if arr.model.use_remove_padding:
         log.warning("actor_rollout_ref.model.use_remove_padding=true: padding-free packing is not implemented; "
                     "running the padded path (same numbers)")

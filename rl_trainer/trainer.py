@@ -25,7 +25,8 @@ from rl_trainer.data.rl_dataset import PromptLoader
 from rl_trainer.distributed import WorkerGroup
 from rl_trainer.dumps import generation_records, write_step_jsonl
 from rl_trainer.faults import fault_point
-from rl_trainer.metrics import compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, timed
+from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, peak_rss_bytes,
+                                timed)
 from rl_trainer.rewards.manager import compute_token_level_scores
 from rl_trainer.tracking import ProgressBar, Tracking
 
@@ -86,9 +87,10 @@ class PPOTrainer:
                 batch["token_level_scores"] = scored.token_level_scores
                 metrics.update(_extra_reward_metrics(scored.reward_extra_info))
             fault_point("old_log_prob", step)
-            with timed("old_log_prob", timing):
-                batch.update(self.actor.dispatch("compute_log_prob", batch))
-                metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
+            if cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
+                with timed("old_log_prob", timing):
+                    batch.update(self.actor.dispatch("compute_log_prob", batch))
+                    metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
             if self.use_ref:
                 with timed("ref", timing):
                     batch.update(self.actor.dispatch("compute_ref_log_prob", batch))
@@ -117,9 +119,18 @@ class PPOTrainer:
         metrics.update(compute_data_metrics(batch, use_critic=self.critic is not None))
         metrics.update(compute_timing_metrics(timing, batch))
         metrics.update(compute_throughput_metrics(batch, timing, self.actor.world_size))
+        metrics.update(self._memory_metrics())
         metrics["training/global_step"] = step
         metrics["training/epoch"] = epoch
         return metrics
+
+    def _memory_metrics(self) -> dict[str, float]:
+        """Peak resident memory so far, GiB: the driver's, and the sum over each worker group's processes."""
+        out = {"perf/peak_rss_gb/driver": peak_rss_bytes() / 2**30}
+        for name, group in (("actor_rollout_ref", self.actor), ("critic", self.critic)):
+            if group is not None:
+                out[f"perf/peak_rss_gb/{name}"] = sum(group.call("peak_rss_bytes")) / 2**30
+        return out
 
     def _score(self, batch: Batch):
         """Decode each response and score it (custom function, or the rule scorer of its data_source)."""

@@ -84,3 +84,23 @@ def read_steps(run_dir: Path) -> dict[int, dict]:
         record = json.loads(line)
         steps.setdefault(record["step"], {}).update(record)
     return steps
+
+
+def worker_config(model_dir, workers: int, micro, extra=()) -> dict:
+    """A resolved config for worker tests: 2 prompts x n=4, 6-token responses, KL loss, `workers` ranks."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rl_trainer.config import validate_config
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("ppo_trainer", overrides=[
+            f"actor_rollout_ref.model.path={model_dir}", "data.train_batch_size=2", "actor_rollout_ref.rollout.n=4",
+            "actor_rollout_ref.actor.ppo_mini_batch_size=2", f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
+            f"critic.ppo_micro_batch_size_per_gpu={micro}", "actor_rollout_ref.actor.use_kl_loss=true",
+            "actor_rollout_ref.actor.optim.lr=1e-4", "critic.optim.lr=1e-4", f"trainer.n_gpus_per_node={workers}",
+            "data.max_response_length=6", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", *extra,
+        ])
+    validate_config(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)

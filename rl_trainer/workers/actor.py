@@ -15,25 +15,29 @@ import torch.nn.functional as F
 from rl_trainer.algos import agg_loss, entropy_from_logits, get_policy_loss_fn, kl_penalty
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import MetricSums, WorkerBase, check_step, micro_batches, mini_batches, model_inputs
+from rl_trainer.workers.common import MetricSums, WorkerBase, check_step, micro_batches, mini_batches
+from rl_trainer.workers.forward import response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
 from rl_trainer.workers.rollout import ROLLOUT_ENGINES, SamplingParams
 
 
 def response_log_probs(model: torch.nn.Module, batch: Batch, device: torch.device, temperature: float,
-                       with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       with_entropy: bool, share_prompts: bool,
+                       entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response_t | prefix) for every response position, from logits / temperature (as verl).
 
-    Only the last R + 1 positions' logits are computed (`logits_to_keep`): the position before each response
-    token predicts it. Returns log_probs (bs, R) and, if asked, the entropy of each position's distribution.
+    Only the logits that score response tokens are computed (rl_trainer.workers.forward.response_logits).
+    Returns log_probs (bs, R) and, if asked, the entropy of each position's distribution (outside the autograd
+    graph unless `entropy_grad`: a metric, not a loss term).
     """
     responses = batch.tensors["responses"].to(device)
-    length = responses.shape[1]
-    logits = model(**model_inputs(batch, device), use_cache=False, logits_to_keep=length + 1).logits
-    logits = logits[:, :-1, :].float() / temperature
+    logits = response_logits(model, batch, device, share_prompts).float() / temperature
     log_probs = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), responses.reshape(-1), reduction="none")
     log_probs = log_probs.view(responses.shape)
-    return log_probs, (entropy_from_logits(logits) if with_entropy else None)
+    if not with_entropy:
+        return log_probs, None
+    with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+        return log_probs, entropy_from_logits(logits)
 
 
 class ActorRolloutRefWorker(WorkerBase):
@@ -59,7 +63,8 @@ class ActorRolloutRefWorker(WorkerBase):
                                         reshard_after_forward=arr.ref.fsdp_config.reshard_after_forward, **mp)
         rollout_dtype = fsdp.DTYPES[arr.rollout.dtype] if self.device.type == "cuda" else torch.float32
         rollout_model = load_causal_lm(model_path, dtype=rollout_dtype, **load).to(self.device)
-        self.rollout = ROLLOUT_ENGINES[arr.rollout.name](rollout_model, self.tokenizer, cfg.data.max_response_length)
+        self.rollout = ROLLOUT_ENGINES[arr.rollout.name](rollout_model, self.tokenizer, cfg.data.max_response_length,
+                                                          share_prompts=arr.model.share_prompt_prefix)
         # Per-rank sampling stream: seed + rank (saved and restored with every checkpoint).
         fsdp.seed_everything(cfg.trainer.seed + self.rank)
 
@@ -75,9 +80,10 @@ class ActorRolloutRefWorker(WorkerBase):
     @torch.no_grad()
     def _log_probs(self, model, batch: Batch, micro: int | None, with_entropy: bool):
         temperature = self.config.actor_rollout_ref.rollout.temperature
+        share = self.config.actor_rollout_ref.model.share_prompt_prefix
         outs, entropies = [], []
         for mb in micro_batches(batch, micro):
-            log_probs, entropy = response_log_probs(model, mb, self.device, temperature, with_entropy)
+            log_probs, entropy = response_log_probs(model, mb, self.device, temperature, with_entropy, share)
             outs.append(log_probs.cpu())
             if with_entropy:
                 entropies.append(entropy.cpu())
@@ -101,15 +107,23 @@ class ActorRolloutRefWorker(WorkerBase):
         Each micro-batch's loss is normalised by the whole mini-batch across ranks (global token count or
         sequence count, times world size; verl's global_batch_info), so gradients equal a single-process
         full-mini-batch update, whatever the micro-batch size or world size.
+
+        With actor.recompute_old_log_prob=false (allowed only for an on-policy update: one epoch, one mini-batch)
+        the batch has no old_log_probs: they are this forward's log-probs, detached (verl's on_policy branch),
+        which is what a separate pass with the same weights computes; the update then also measures
+        actor/entropy, which that pass would have.
         """
         actor_cfg = self.config.actor_rollout_ref.actor
         n = self.config.actor_rollout_ref.rollout.n
         mini_size = actor_cfg.ppo_mini_batch_size * n // self.world_size
         temperature = self.config.actor_rollout_ref.rollout.temperature
+        share = self.config.actor_rollout_ref.model.share_prompt_prefix
+        reuse_forward = not actor_cfg.recompute_old_log_prob
         model = self.actor.model
         model.train()
         policy_loss = get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)
         metrics = MetricSums()
+        entropy_sum = entropy_count = 0.0
         for epoch in range(actor_cfg.ppo_epochs):
             seed = self.config.trainer.seed + epoch
             for mini in mini_batches(batch, mini_size, actor_cfg.shuffle, seed):
@@ -120,16 +134,24 @@ class ActorRolloutRefWorker(WorkerBase):
                 for i, mb in enumerate(micros):
                     model.set_requires_gradient_sync(i == len(micros) - 1)
                     mask = mb.tensors["response_mask"].to(self.device)
-                    log_prob, entropy = response_log_probs(model, mb, self.device, temperature,
-                                                           with_entropy=actor_cfg.entropy_coeff != 0)
+                    log_prob, entropy = response_log_probs(
+                        model, mb, self.device, temperature, share_prompts=share,
+                        with_entropy=actor_cfg.entropy_coeff != 0 or reuse_forward,
+                        entropy_grad=actor_cfg.entropy_coeff != 0)
+                    if reuse_forward:
+                        old_log_prob = log_prob.detach()
+                        entropy_sum += (entropy.detach() * mask).sum().item()
+                        entropy_count += mask.sum().item()
+                    else:
+                        old_log_prob = mb.tensors["old_log_probs"].to(self.device)
                     pg_loss, clipfrac, ppo_kl, clipfrac_lower = policy_loss(
-                        mb.tensors["old_log_probs"].to(self.device), log_prob, mb.tensors["advantages"].to(self.device),
+                        old_log_prob, log_prob, mb.tensors["advantages"].to(self.device),
                         mask, clip_ratio_low=actor_cfg.clip_ratio_low, clip_ratio_high=actor_cfg.clip_ratio_high,
                         clip_ratio_c=actor_cfg.clip_ratio_c, loss_agg_mode=actor_cfg.loss_agg_mode, **agg,
                     )
                     loss = pg_loss
                     sums["pg_loss"] += pg_loss.item()
-                    if entropy is not None:
+                    if actor_cfg.entropy_coeff != 0:
                         entropy_loss = agg_loss(entropy, mask, actor_cfg.loss_agg_mode, **agg)
                         loss = loss - actor_cfg.entropy_coeff * entropy_loss
                         sums["entropy_loss"] += entropy_loss.item()
@@ -155,6 +177,8 @@ class ActorRolloutRefWorker(WorkerBase):
         self.actor.scheduler.step()
         out = metrics.reduce(self.device)
         out["actor/lr"] = lr
+        if reuse_forward:  # token mean over the whole batch, as the driver computes it from a separate pass
+            out["actor/entropy"] = fsdp.global_sum(entropy_sum, self.device) / fsdp.global_sum(entropy_count, self.device)
         return out
 
     # -------------------------------------------------------------------------------------- checkpoints

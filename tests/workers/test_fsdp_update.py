@@ -3,40 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from helpers import REPO
+from helpers import worker_config as make_config
 from rl_trainer.batch import Batch
-from rl_trainer.config import validate_config
 from rl_trainer.distributed import ResourcePool, WorkerGroup
 from rl_trainer.workers.actor import ActorRolloutRefWorker
 from rl_trainer.workers.critic import CriticWorker
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(isolated_env):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def make_config(model_dir, workers: int, micro, extra=()):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("ppo_trainer", overrides=[
-            f"actor_rollout_ref.model.path={model_dir}", "data.train_batch_size=2", "actor_rollout_ref.rollout.n=4",
-            "actor_rollout_ref.actor.ppo_mini_batch_size=2", f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
-            f"critic.ppo_micro_batch_size_per_gpu={micro}", "actor_rollout_ref.actor.use_kl_loss=true",
-            "actor_rollout_ref.actor.optim.lr=1e-4", "critic.optim.lr=1e-4", f"trainer.n_gpus_per_node={workers}",
-            "data.max_response_length=6", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", *extra,
-        ])
-    validate_config(cfg)
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def fixed_batch(vocab: int, seed: int = 0) -> Batch:

@@ -1,0 +1,65 @@
+"""Model forwards over generated rows (left-padded prompt ++ right-padded response): the logits that score each
+response token, with the prompt computed once per group of rows that share it.
+
+GRPO/RLOO/... batches hold `rollout.n` copies of every prompt. A prompt's hidden states do not depend on the
+response that follows it (causal attention), so the forward can run the model once on each distinct prompt,
+give every row a view of its prompt's key/value cache, and run the model on the response tokens only
+(`actor_rollout_ref.model.share_prompt_prefix`). The logits are the same as a full forward's up to float
+rounding, and so are the gradients: autograd sums each response's gradient into its prompt's one computation,
+which is what the n separate prompt computations of a full forward add up to. With n=4 and GSM8K-length prompts
+this removes about a third of the tokens a step pushes through the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from rl_trainer.batch import Batch
+
+
+def prompt_groups(prompts: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inverse): the first row of each distinct (prompt, mask) and, for every row, the index of its group
+    in `first`. Rows are grouped by content, so any order of the batch works."""
+    key = torch.cat([prompts, prompt_mask.to(prompts.dtype)], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    rows = torch.arange(len(prompts), device=prompts.device)
+    first = torch.full((int(inverse.max()) + 1,), len(prompts), dtype=rows.dtype, device=rows.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    return first, inverse
+
+
+def response_logits(model: torch.nn.Module, batch: Batch, device: torch.device, share_prompts: bool) -> torch.Tensor:
+    """Logits (bs, R, V) where position t scores response token t (from the position before it).
+
+    Full forward: the model over all P + R positions, keeping only the last R + 1 positions' logits
+    (`logits_to_keep`). Shared prompts: one forward over the distinct prompts (keeping the last position, which
+    scores response token 0), then one over responses[:, :-1] on top of each row's copy of its prompt's cache.
+    The full forward is used when no prompt repeats, or when the model recomputes activations in backward
+    (Hugging Face turns the cache off under gradient checkpointing).
+    """
+    t = {k: batch.tensors[k].to(device) for k in ("responses", "input_ids", "attention_mask", "position_ids")}
+    response_len = t["responses"].shape[1]
+    prompt_len = t["input_ids"].shape[1] - response_len
+    t["prompts"] = t["input_ids"][:, :prompt_len]
+    if share_prompts and not (model.training and _recomputes_activations(model)):
+        first, inverse = prompt_groups(t["prompts"], t["attention_mask"][:, :prompt_len])
+        if len(first) < len(inverse):
+            cache = DynamicCache(config=model.config)
+            head = model(input_ids=t["prompts"][first], attention_mask=t["attention_mask"][first, :prompt_len],
+                         position_ids=t["position_ids"][first, :prompt_len], past_key_values=cache, use_cache=True,
+                         logits_to_keep=1).logits
+            cache.batch_select_indices(inverse)  # each row's keys/values of its prompt (differentiable indexing)
+            rest = model(input_ids=t["responses"][:, :-1], attention_mask=t["attention_mask"][:, :-1],
+                         position_ids=t["position_ids"][:, prompt_len:-1], past_key_values=cache,
+                         use_cache=True).logits
+            return torch.cat([head[inverse], rest], dim=1)
+    logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+                   use_cache=False, logits_to_keep=response_len + 1).logits
+    return logits[:, :-1, :]
+
+
+def _recomputes_activations(model: torch.nn.Module) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing.
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
