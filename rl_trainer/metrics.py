@@ -7,6 +7,8 @@ Groups by prefix: `critic/...` (scores, rewards, advantages, returns, values), `
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
@@ -123,6 +125,12 @@ def compute_throughput_metrics(batch: Batch, timing_s: Mapping[str, float], n_wo
         "perf/time_per_step": step_time,
         "perf/throughput": total_num_tokens / (step_time * n_workers) if step_time > 0 else NAN,
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def reduce_metrics(metrics: Mapping[str, Sequence[float]]) -> dict[str, float]:

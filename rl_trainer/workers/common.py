@@ -51,6 +51,11 @@ class WorkerBase:
         return dict(dp_size=self.world_size, global_batch_size=mini_size * self.world_size,
                     batch_num_tokens=fsdp.global_sum(mini.tensors["response_mask"].sum().item(), self.device), **extra)
 
+    def peak_rss_bytes(self) -> int:
+        from rl_trainer.metrics import peak_rss_bytes
+
+        return peak_rss_bytes()
+
     def node_and_pid(self) -> tuple[str, int]:
         import os
 
