@@ -1,11 +1,20 @@
-"""Rollout with Hugging Face `generate`: batched, KV cache, left-padded prompts, stop at EOS. The CPU default.
+"""Rollout with a Hugging Face model on its own KV cache: batched, left-padded prompts, stop at EOS. The CPU default.
 
 The engine holds its own unsharded copy of the model (on GPU in bf16), refreshed from the FSDP actor before
 every generation, parameter by parameter, so it always samples from the actor's current weights.
 
-With `share_prompts` (actor_rollout_ref.model.share_prompt_prefix), the prefill runs once per distinct prompt and
-`generate` continues from a cache that gives each of the rollout.n rows a copy of its prompt's keys/values:
-the same tokens for the same random draws, with n times less prefill work.
+It decodes with the model's forward in a loop of its own rather than `model.generate`, which on the standard
+CPU workload takes generation from about 3.3 s to 2.1 s a step (docs/performance.md):
+  * prefill once per distinct prompt (actor_rollout_ref.model.share_prompt_prefix): the rollout.n rows of a
+    prompt start from copies of one prefill instead of computing it n times;
+  * the KV cache reserves room for the whole sequence and appends each token in place; transformers'
+    DynamicCache concatenates (re-allocates and copies) every layer's cache on every token, which inside a Ray
+    worker process costs about a third of the decode time;
+  * rows that have produced EOS leave the batch and the cache, so the model stops computing them;
+  * sampling draws one uniform number per row against the cumulative distribution (inverse-CDF sampling: the
+    distribution of `torch.multinomial`, at a fraction of its CPU cost).
+The logits pass through transformers' own warpers (temperature, top-k, top-p), so the distribution sampled is
+`generate`'s; greedy decoding equals `generate(do_sample=False)` token for token (tests/workers/test_rollout_hf.py).
 """
 
 from __future__ import annotations
@@ -13,7 +22,10 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from transformers import DynamicCache, GenerationConfig
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                    TopPLogitsWarper)
 
 from rl_trainer.batch import Batch
 from rl_trainer.workers.forward import prompt_groups
@@ -38,39 +50,121 @@ class HFRollout(Rollout):
         for name, tensor in named_tensors:
             self._params[name].copy_(tensor)
 
-    def _generation_config(self, sampling: SamplingParams) -> GenerationConfig:
-        # Built from scratch: a model's own generation_config.json (repetition penalty, top_k=20, ...) must not
-        # change what the trainer samples.
-        kwargs = dict(max_new_tokens=self.response_length, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                      do_sample=sampling.do_sample, num_beams=1, use_cache=True, repetition_penalty=1.0)
-        if sampling.do_sample:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k if sampling.top_k > 0 else 0)
-        return GenerationConfig(**kwargs)
-
     @torch.no_grad()
     def generate(self, batch: Batch, sampling: SamplingParams) -> Batch:
         device = next(self.model.parameters()).device
         prompts = batch["prompts"].to(device)
         prompt_mask = batch["attention_mask"].to(device)
-        cache = self._shared_prefill(prompts, prompt_mask, batch["position_ids"].to(device)) if self.share_prompts else None
-        out = self.model.generate(input_ids=prompts, attention_mask=prompt_mask, past_key_values=cache,
-                                  generation_config=self._generation_config(sampling))
-        generated = out[:, prompts.shape[1]:]
-        responses = torch.full((prompts.shape[0], self.response_length), self.pad_id, dtype=prompts.dtype, device=device)
-        responses[:, : generated.shape[1]] = generated
-        response_mask = response_mask_from_eos(responses, self.eos_ids, generated.shape[1])
-        tensors = assemble(prompts, prompt_mask, batch["position_ids"].to(device), responses, response_mask)
+        prompt_positions = batch["position_ids"].to(device)
+        rows, prompt_len = prompts.shape
+        eos = torch.tensor(self.eos_ids, device=device)
+        warpers = _warpers(sampling)
+
+        cache, logits = self._prefill(prompts, prompt_mask, prompt_positions)
+        responses = torch.full((rows, self.response_length), self.pad_id, dtype=prompts.dtype, device=device)
+        attention = torch.cat([prompt_mask, torch.zeros_like(responses)], dim=1)
+        active = torch.arange(rows, device=device)  # batch rows still generating, in cache order
+        next_position = prompt_positions[:, -1] + 1
+        generated = 0
+        for t in range(self.response_length):
+            tokens = _sample(logits, warpers, sampling.do_sample)
+            responses[active, t] = tokens
+            attention[active, prompt_len + t] = 1
+            generated = t + 1
+            running = ~torch.isin(tokens, eos)
+            if t + 1 == self.response_length or not running.any():
+                break
+            if not running.all():  # finished rows leave the batch and the cache
+                keep = running.nonzero().squeeze(1)
+                active, tokens = active[keep], tokens[keep]
+                cache.batch_select_indices(keep)
+            logits = self.model(
+                input_ids=tokens[:, None], attention_mask=attention[active, : prompt_len + t + 1],
+                position_ids=(next_position[active] + t)[:, None], past_key_values=cache, use_cache=True,
+            ).logits[:, -1]
+        response_mask = response_mask_from_eos(responses, self.eos_ids, generated)
+        tensors = assemble(prompts, prompt_mask, prompt_positions, responses, response_mask)
         return Batch({k: v.cpu() for k, v in tensors.items()}, dict(batch.non_tensors), dict(batch.meta))
 
-    def _shared_prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> DynamicCache | None:
-        """The cache of every prompt but its last token, computed once per distinct prompt; None if none repeats.
-        `generate` then runs only the last prompt token of each row before sampling."""
-        first, inverse = prompt_groups(prompts, mask)
-        if len(first) == len(prompts) or prompts.shape[1] < 2:
-            return None
-        cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=prompts[first, :-1], attention_mask=mask[first, :-1], position_ids=positions[first, :-1],
-                   past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_select_indices(inverse)
-        return cache
+    def _prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
+        """The cache of every row's prompt and the logits after its last token, computed once per distinct prompt
+        when prompts are shared (then each row gets a copy of its prompt's cache)."""
+        if self.share_prompts:
+            first, inverse = prompt_groups(prompts, mask)
+        else:
+            first = inverse = torch.arange(len(prompts), device=prompts.device)
+        cache = _reserved_cache(self.model.config, prompts.shape[1] + self.response_length)
+        logits = self.model(input_ids=prompts[first], attention_mask=mask[first], position_ids=positions[first],
+                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        if len(first) < len(prompts):
+            cache.batch_select_indices(inverse)
+            logits = logits[inverse]
+        return cache, logits
+
+
+class _ReservedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values are views into a buffer reserved for `capacity` positions: appending a
+    token writes it in place instead of concatenating (re-allocating and copying) the whole layer cache."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            rows_heads = key_states.shape[:2]
+            self.key_buffer = key_states.new_empty(*rows_heads, self.capacity, key_states.shape[-1])
+            self.value_buffer = value_states.new_empty(*rows_heads, self.capacity, value_states.shape[-1])
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache reserved for {self.capacity} positions, asked for {end}")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+            self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+
+def _reserved_cache(config, capacity: int) -> Cache:
+    """A cache of `_ReservedLayer`s for a model whose layers all use full attention (what DynamicCache builds as
+    plain DynamicLayers); any other model (sliding windows, linear attention, ...) gets transformers' DynamicCache."""
+    dynamic = DynamicCache(config=config)
+    if not dynamic.layers or any(type(layer) is not DynamicLayer for layer in dynamic.layers):
+        return dynamic
+    return Cache(layers=[_ReservedLayer(capacity) for _ in dynamic.layers])
+
+
+def _warpers(sampling: SamplingParams) -> LogitsProcessorList:
+    """transformers' logits warpers for the sampling parameters, in `generate`'s order (none when greedy)."""
+    warpers = LogitsProcessorList()
+    if not sampling.do_sample:
+        return warpers
+    if sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers
+
+
+def _sample(logits: torch.Tensor, warpers: LogitsProcessorList, do_sample: bool) -> torch.Tensor:
+    """One token per row: argmax when greedy; otherwise inverse-CDF sampling from softmax(warped logits).
+
+    u ~ U(0, 1] times the total mass picks the first token whose cumulative probability reaches it, which is token i
+    with probability p_i (tokens of probability 0, e.g. cut by top-k/top-p, are never picked). The cumulative sum is
+    in float64 so the last tokens of a 150k vocabulary keep their mass.
+    """
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(warpers(None, logits.float()), dim=-1)
+    cdf = probs.double().cumsum_(dim=-1)
+    u = (1.0 - torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[-1] - 1)
