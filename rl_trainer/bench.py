@@ -14,7 +14,9 @@ The standard workload (docs/performance.md; keep it exact, numbers elsewhere are
     update   GRPO advantages; ppo_epochs=1 and one mini-batch of 32 (one optimizer step per training step);
              micro-batches of 8; AdamW lr 1e-6, weight decay 0, grad clip 1.0; clip ratio 0.2; token-mean loss;
              KL as a loss (low_var_kl, coef 0.001: the reference forward runs every step); no entropy bonus.
-    machine  fp32, 2 CPU threads in total (2 workers x 1 thread); 7 steps; the median of steps 2-7 is reported.
+    machine  fp32, 2 CPU threads in total: one worker with 2 threads (faster here than 2 workers x 1 thread,
+             whose FSDP all-gathers cost more than they share; docs/performance.md has both); 7 steps; the
+             median of steps 2-7 is reported.
 
 It runs `python -m rl_trainer.main` with these overrides in a subprocess (driver, Ray, FSDP workers: the real
 path), waits for it, and prints step times, tokens per step and per second, the per-phase breakdown, peak
@@ -65,8 +67,8 @@ STANDARD_WORKLOAD = (
     "algorithm.use_kl_in_reward=false",
     "trainer.device=cpu",
     "trainer.nnodes=1",
-    "trainer.n_gpus_per_node=2",
-    "trainer.cpus_per_worker=1",
+    "trainer.n_gpus_per_node=1",
+    "trainer.cpus_per_worker=2",
     "trainer.seed=0",
     "trainer.val_before_train=false",
     "trainer.test_freq=-1",

@@ -77,6 +77,10 @@ BEFORE_RAY = [
     ("vllm-not-installed", ["actor_rollout_ref.rollout.name=vllm"], "actor_rollout_ref.rollout.name=vllm"),
     ("unknown-logger", ["trainer.logger=slack"], "trainer.logger='slack' is not valid"),
     ("remax-without-baseline-rollout", ["algorithm.adv_estimator=remax"], "algorithm.adv_estimator=remax needs"),
+    ("reused-old-log-prob-off-policy", ["actor_rollout_ref.actor.recompute_old_log_prob=false",
+                                        "actor_rollout_ref.actor.ppo_epochs=2"],
+     "actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "
+     "actor_rollout_ref.actor.ppo_epochs=2"),
 ]
 # Found while training (the reward function runs on the first batch), after Ray has started.
 DURING_TRAINING = [
