@@ -49,6 +49,8 @@ def response_logits(model: torch.nn.Module, batch: Batch, device: torch.device, 
             head = model(input_ids=t["prompts"][first], attention_mask=t["attention_mask"][first, :prompt_len],
                          position_ids=t["position_ids"][first, :prompt_len], past_key_values=cache, use_cache=True,
                          logits_to_keep=1).logits
+            if response_len == 1:  # the prompt pass scores the only response token
+                return head[inverse]
             cache.batch_select_indices(inverse)  # each row's keys/values of its prompt (differentiable indexing)
             rest = model(input_ids=t["responses"][:, :-1], attention_mask=t["attention_mask"][:, :-1],
                          position_ids=t["position_ids"][:, prompt_len:-1], past_key_values=cache,

@@ -19,15 +19,15 @@ OPTIMISATIONS_OFF = ("actor_rollout_ref.model.share_prompt_prefix=false", "actor
 OPTIMISATIONS_ON = ("actor_rollout_ref.model.share_prompt_prefix=true", "actor_rollout_ref.actor.recompute_old_log_prob=false")
 
 
-def grouped_batch(vocab: int, n: int = 4, seed: int = 0) -> Batch:
-    """2 prompts (left-padded, lengths 8 and 5) x n ragged responses of up to 6 tokens, with PPO inputs."""
+def grouped_batch(vocab: int, n: int = 4, seed: int = 0, r: int = 6) -> Batch:
+    """2 prompts (left-padded, lengths 8 and 5) x n ragged responses of up to r tokens, with PPO inputs."""
     g = torch.Generator().manual_seed(seed)
-    p, r = 8, 6
+    p = 8
     prompt_mask = (torch.arange(p) >= p - torch.tensor([8, 5])[:, None]).long()
     prompts = torch.randint(3, vocab, (2, p), generator=g) * prompt_mask
     prompts, prompt_mask = prompts.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    response_len = torch.tensor([6, 1, 4, 6, 2, 5, 3, 6])[: 2 * n]
+    response_len = torch.tensor([6, 1, 4, 6, 2, 5, 3, 6])[: 2 * n].clamp(max=r)
     response_mask = (torch.arange(r) < response_len[:, None]).long()
     responses = torch.randint(3, vocab, (2 * n, r), generator=g) * response_mask
     batch = Batch(assemble(prompts, prompt_mask, positions, responses, response_mask))
@@ -46,9 +46,10 @@ def test_prompt_groups_find_repeated_prompts_in_any_order():
     assert torch.equal(mask[first][inverse], mask)
 
 
-def test_shared_prompt_forward_equals_full_forward_in_logits_and_gradients(tiny_models):
+@pytest.mark.parametrize("response_length", [6, 1])
+def test_shared_prompt_forward_equals_full_forward_in_logits_and_gradients(tiny_models, response_length):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
-    batch = grouped_batch(vocab=model.config.vocab_size)
+    batch = grouped_batch(vocab=model.config.vocab_size, r=response_length)
     mask = batch["response_mask"].bool()
     results = []
     for share in (False, True):
