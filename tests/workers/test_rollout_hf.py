@@ -31,10 +31,11 @@ def hf_generate(model, batch: Batch, eos: list[int], pad: int, length: int) -> t
     return torch.nn.functional.pad(generated, (0, length - generated.shape[1]), value=pad)
 
 
-@pytest.mark.parametrize("share_prompts", [False, True])
-def test_greedy_decoding_equals_generate_token_for_token_with_early_eos(model_and_tokenizer, share_prompts):
+@pytest.mark.parametrize("share_prompts, n", [(False, 2), (True, 2), (True, 1)])
+def test_greedy_decoding_equals_generate_token_for_token_with_early_eos(model_and_tokenizer, share_prompts, n):
     model, tokenizer = model_and_tokenizer
-    batch = prompts_batch(tokenizer, ["Natalia sold clips to 48 of her friends.", "How many?", "2 + 2 = 4; 3 + 3 ="], 2)
+    # Prompts out of sorted order, repeated n times (n=1: nothing to share, as in validation).
+    batch = prompts_batch(tokenizer, ["Natalia sold clips to 48 of her friends.", "How many?", "2 + 2 = 4; 3 + 3 ="], n)
     free = hf_generate(model, batch, [tokenizer.eos_token_id], tokenizer.pad_token_id, 24)
     # Make a token that greedy decoding emits mid-way in some rows the EOS, so rows finish at different steps.
     stop = int(free[0, 5])

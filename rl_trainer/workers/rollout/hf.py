@@ -89,10 +89,11 @@ class HFRollout(Rollout):
     def _prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
         """The cache of every row's prompt and the logits after its last token, computed once per distinct prompt
         when prompts are shared (then each row gets a copy of its prompt's cache)."""
+        first = inverse = torch.arange(len(prompts), device=prompts.device)
         if self.share_prompts:
-            first, inverse = prompt_groups(prompts, mask)
-        else:
-            first = inverse = torch.arange(len(prompts), device=prompts.device)
+            groups = prompt_groups(prompts, mask)
+            if len(groups[0]) < len(prompts):  # (with no repeats, keep the rows' order)
+                first, inverse = groups
         cache = _reserved_cache(self.model.config, prompts.shape[1] + self.response_length)
         logits = self.model(input_ids=prompts[first], attention_mask=mask[first], position_ids=positions[first],
                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
