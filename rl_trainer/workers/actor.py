@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from rl_trainer.algos import agg_loss, entropy_from_logits, get_policy_loss_fn, kl_penalty
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import MetricSums, WorkerBase, check_step, micro_batches, mini_batches
+from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
+                                       mini_batches)
 from rl_trainer.workers.forward import response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
 from rl_trainer.workers.rollout import ROLLOUT_ENGINES, SamplingParams
@@ -67,6 +68,7 @@ class ActorRolloutRefWorker(WorkerBase):
                                                           share_prompts=arr.model.share_prompt_prefix)
         # Per-rank sampling stream: seed + rank (saved and restored with every checkpoint).
         fsdp.seed_everything(cfg.trainer.seed + self.rank)
+        freeze_startup_objects()
 
     # ------------------------------------------------------------------------------------------- rollout
     def generate_sequences(self, prompts: Batch, validate: bool = False) -> Batch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from typing import Any
 
@@ -66,6 +67,15 @@ class WorkerBase:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (Ray, torch, transformers, the models) out of the garbage collector's
+    reach (`gc.freeze`, as vLLM does after start-up): every later collection then scans only the objects of the
+    training loop. Decoding allocates many short-lived objects per token, and a worker's full collections over its
+    whole start-up heap cost about 0.1-0.2 s of generation per step on the standard CPU workload."""
+    gc.collect()
+    gc.freeze()
 
 
 def check_step(stepped: bool, policy: str, role: str, norm: float) -> None:

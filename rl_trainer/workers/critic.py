@@ -9,7 +9,8 @@ import torch
 from rl_trainer.algos import compute_value_loss, masked_mean
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import MetricSums, WorkerBase, check_step, micro_batches, mini_batches, model_inputs
+from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
+                                       mini_batches, model_inputs)
 from rl_trainer.workers.loading import load_value_model
 
 
@@ -35,6 +36,7 @@ class CriticWorker(WorkerBase):
         self.critic = self.train_state = fsdp.TrainState(
             model, cfg.optim, total_steps, cfg.grad_clip, optimizer_offload=cfg.model.fsdp_config.optimizer_offload
         )
+        freeze_startup_objects()
 
     @torch.no_grad()
     def compute_values(self, batch: Batch) -> Batch:
