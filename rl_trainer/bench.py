@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rl_trainer.tracking import METRICS_FILE, read_metrics
+
 STANDARD_WORKLOAD = (
     "actor_rollout_ref.model.path=builtin:tiny-qwen2",
     "data.train_files=builtin:gsm8k/train",
@@ -96,7 +98,7 @@ def command(steps: int, run_dir: Path, model: str | None, baseline: bool, overri
 
 def run(cmd: list[str], run_dir: Path) -> tuple[int, float | None, float]:
     """Run the trainer; returns (exit code, seconds from launch to the first step's metrics, total seconds)."""
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / METRICS_FILE
     start = time.perf_counter()
     first_step = None
     with open(run_dir / "bench.log", "w") as log:
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command(args.steps, run_dir, args.model, args.baseline, args.overrides)
     print("command:", shlex.join(["python", *cmd[1:]]), flush=True)
     code, first_step_s, total_s = run(cmd, run_dir)
-    rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if "timing_s/step" in r]
+    rows = [r for r in read_metrics(run_dir) if "timing_s/step" in r]
     if code != 0 or not rows:
         print(f"error: the benchmark run failed (exit code {code}); see {run_dir / 'bench.log'}", file=sys.stderr)
         return code or 1
@@ -156,10 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _threads(cmd: list[str]) -> str:

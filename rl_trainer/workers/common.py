@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
+from rl_trainer.metrics import peak_rss_bytes
 from rl_trainer.workers import fsdp
 
 
@@ -53,8 +54,6 @@ class WorkerBase:
                     batch_num_tokens=fsdp.global_sum(mini.tensors["response_mask"].sum().item(), self.device), **extra)
 
     def peak_rss_bytes(self) -> int:
-        from rl_trainer.metrics import peak_rss_bytes
-
         return peak_rss_bytes()
 
     def node_and_pid(self) -> tuple[str, int]:

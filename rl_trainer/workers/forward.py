@@ -29,33 +29,43 @@ def prompt_groups(prompts: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[tor
     return first, inverse
 
 
+def prefill_distinct_prompts(model: torch.nn.Module, prompts: torch.Tensor, mask: torch.Tensor,
+                             positions: torch.Tensor, cache) -> torch.Tensor | None:
+    """Run the model once per distinct prompt into `cache`, then give every row a copy of its prompt's keys and
+    values (differentiable indexing, so gradients flow back into the one computation). Returns the logits after
+    each row's last prompt token, (bs, V), in the rows' order; None, having run nothing, when no prompt repeats."""
+    first, inverse = prompt_groups(prompts, mask)
+    if len(first) == len(prompts):
+        return None
+    logits = model(input_ids=prompts[first], attention_mask=mask[first], position_ids=positions[first],
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    cache.batch_select_indices(inverse)
+    return logits[inverse]
+
+
 def response_logits(model: torch.nn.Module, batch: Batch, device: torch.device, share_prompts: bool) -> torch.Tensor:
     """Logits (bs, R, V) where position t scores response token t (from the position before it).
 
     Full forward: the model over all P + R positions, keeping only the last R + 1 positions' logits
-    (`logits_to_keep`). Shared prompts: one forward over the distinct prompts (keeping the last position, which
-    scores response token 0), then one over responses[:, :-1] on top of each row's copy of its prompt's cache.
-    The full forward is used when no prompt repeats, or when the model recomputes activations in backward
+    (`logits_to_keep`). Shared prompts: one forward over the distinct prompts (its last position scores response
+    token 0; `prefill_distinct_prompts`), then one over responses[:, :-1] on top of each row's copy of its prompt's
+    cache. The full forward is used when no prompt repeats, or when the model recomputes activations in backward
     (Hugging Face turns the cache off under gradient checkpointing).
     """
     t = {k: batch.tensors[k].to(device) for k in ("responses", "input_ids", "attention_mask", "position_ids")}
     response_len = t["responses"].shape[1]
     prompt_len = t["input_ids"].shape[1] - response_len
-    t["prompts"] = t["input_ids"][:, :prompt_len]
     if share_prompts and not (model.training and _recomputes_activations(model)):
-        first, inverse = prompt_groups(t["prompts"], t["attention_mask"][:, :prompt_len])
-        if len(first) < len(inverse):
-            cache = DynamicCache(config=model.config)
-            head = model(input_ids=t["prompts"][first], attention_mask=t["attention_mask"][first, :prompt_len],
-                         position_ids=t["position_ids"][first, :prompt_len], past_key_values=cache, use_cache=True,
-                         logits_to_keep=1).logits
+        cache = DynamicCache(config=model.config)
+        head = prefill_distinct_prompts(model, t["input_ids"][:, :prompt_len], t["attention_mask"][:, :prompt_len],
+                                        t["position_ids"][:, :prompt_len], cache)
+        if head is not None:
             if response_len == 1:  # the prompt pass scores the only response token
-                return head[inverse]
-            cache.batch_select_indices(inverse)  # each row's keys/values of its prompt (differentiable indexing)
+                return head[:, None]
             rest = model(input_ids=t["responses"][:, :-1], attention_mask=t["attention_mask"][:, :-1],
                          position_ids=t["position_ids"][:, prompt_len:-1], past_key_values=cache,
                          use_cache=True).logits
-            return torch.cat([head[inverse], rest], dim=1)
+            return torch.cat([head[:, None], rest], dim=1)
     logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
                    use_cache=False, logits_to_keep=response_len + 1).logits
     return logits[:, :-1, :]

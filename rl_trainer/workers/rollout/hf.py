@@ -28,7 +28,7 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
                                                     TopPLogitsWarper)
 
 from rl_trainer.batch import Batch
-from rl_trainer.workers.forward import prompt_groups
+from rl_trainer.workers.forward import prefill_distinct_prompts
 from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, response_mask_from_eos
 
 
@@ -87,19 +87,13 @@ class HFRollout(Rollout):
         return Batch({k: v.cpu() for k, v in tensors.items()}, dict(batch.non_tensors), dict(batch.meta))
 
     def _prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
-        """The cache of every row's prompt and the logits after its last token, computed once per distinct prompt
+        """The cache of every row's prompt and the logits after its last token; computed once per distinct prompt
         when prompts are shared (then each row gets a copy of its prompt's cache)."""
-        first = inverse = torch.arange(len(prompts), device=prompts.device)
-        if self.share_prompts:
-            groups = prompt_groups(prompts, mask)
-            if len(groups[0]) < len(prompts):  # (with no repeats, keep the rows' order)
-                first, inverse = groups
         cache = _reserved_cache(self.model.config, prompts.shape[1] + self.response_length)
-        logits = self.model(input_ids=prompts[first], attention_mask=mask[first], position_ids=positions[first],
-                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        if len(first) < len(prompts):
-            cache.batch_select_indices(inverse)
-            logits = logits[inverse]
+        logits = prefill_distinct_prompts(self.model, prompts, mask, positions, cache) if self.share_prompts else None
+        if logits is None:  # not sharing, or no prompt repeats
+            logits = self.model(input_ids=prompts, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1]
         return cache, logits
 
 
