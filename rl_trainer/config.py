@@ -189,12 +189,13 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
         if importlib.util.find_spec("vllm") is None:
             raise UserError(
                 "actor_rollout_ref.rollout.name=vllm but vllm is not installed; pip install 'rl_trainer[vllm]' on a GPU "
-                "machine, or use actor_rollout_ref.rollout.name=hf"
+                "machine (README: vLLM), or use actor_rollout_ref.rollout.name=hf"
             )
-        raise UserError(
-            "actor_rollout_ref.rollout.name=vllm is not available in this version of rl_trainer yet; "
-            "use actor_rollout_ref.rollout.name=hf"
-        )
+        if arr.rollout.tensor_model_parallel_size != 1:
+            raise UserError(
+                f"actor_rollout_ref.rollout.tensor_model_parallel_size={arr.rollout.tensor_model_parallel_size}: the "
+                "vLLM rollout runs one engine per worker in this version; set it to 1"
+            )
     if algo.adv_estimator == "remax":
         raise UserError("algorithm.adv_estimator=remax needs a greedy baseline response per prompt (reward_baselines), "
                         "which rl_trainer does not generate yet; use grpo, rloo or reinforce_plus_plus_baseline")

@@ -127,6 +127,28 @@ def compute_throughput_metrics(batch: Batch, timing_s: Mapping[str, float], n_wo
     }
 
 
+def probs_diff_sums(actor_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor,
+                    response_mask: torch.Tensor) -> torch.Tensor:
+    """Sufficient statistics of d = |exp(actor_log_probs) - exp(rollout_log_probs)| over the valid response tokens:
+    float64 [count, sum d, sum d^2, max d] (max is -inf when there are none). Sums of several parts combine by
+    adding the first three and taking the max of the last (so ranks can all-reduce them)."""
+    diff = (actor_log_probs.double().exp() - rollout_log_probs.double().exp()).abs()
+    diff = torch.masked_select(diff, response_mask.bool())
+    top = diff.max() if diff.numel() else torch.tensor(float("-inf"), dtype=torch.float64)
+    return torch.stack([torch.tensor(float(diff.numel()), dtype=torch.float64), diff.sum(), (diff * diff).sum(), top])
+
+
+def probs_diff_metrics(sums: torch.Tensor) -> dict[str, float]:
+    """verl's rollout-vs-actor check (`training/rollout_probs_diff_{max,mean,std}`) from `probs_diff_sums`:
+    the max, the mean and the unbiased (Bessel) standard deviation of the per-token probability gap, as verl's
+    torch.max / torch.mean / torch.std over the masked-select of the gaps. NaN where undefined (too few tokens)."""
+    count, total, squares, top = (float(v) for v in sums)
+    mean = total / count if count else NAN
+    var = (squares - total * total / count) / (count - 1) if count > 1 else NAN
+    return {"training/rollout_probs_diff_max": top if count else NAN, "training/rollout_probs_diff_mean": mean,
+            "training/rollout_probs_diff_std": max(var, 0.0) ** 0.5 if count > 1 else NAN}
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory (Linux reports ru_maxrss in KiB, macOS in bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

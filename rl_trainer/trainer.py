@@ -25,8 +25,9 @@ from rl_trainer.data.rl_dataset import PromptLoader
 from rl_trainer.distributed import WorkerGroup
 from rl_trainer.dumps import generation_records, write_step_jsonl
 from rl_trainer.faults import fault_point
+from rl_trainer.errors import UserError
 from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, peak_rss_bytes,
-                                timed)
+                                probs_diff_metrics, probs_diff_sums, timed)
 from rl_trainer.rewards.manager import compute_token_level_scores
 from rl_trainer.tracking import ProgressBar, Tracking
 
@@ -91,6 +92,10 @@ class PPOTrainer:
                 with timed("old_log_prob", timing):
                     batch.update(self.actor.dispatch("compute_log_prob", batch))
                     metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
+                if "rollout_log_probs" in batch:  # weight-sync check; the update measures it when it reuses its forward
+                    metrics.update(probs_diff_metrics(probs_diff_sums(
+                        batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"])))
+                    self._check_probs_diff(metrics)
             if self.use_ref:
                 with timed("ref", timing):
                     batch.update(self.actor.dispatch("compute_ref_log_prob", batch))
@@ -110,6 +115,7 @@ class PPOTrainer:
                 fault_point("update_actor", step)
                 with timed("update_actor", timing):
                     metrics.update(self.actor.dispatch_metrics("update_actor", batch))
+                self._check_probs_diff(metrics)
             if self.val_loader is not None and cfg.trainer.test_freq > 0 and (is_last or step % cfg.trainer.test_freq == 0):
                 with timed("testing", timing):
                     metrics.update(self.validate())
@@ -123,6 +129,17 @@ class PPOTrainer:
         metrics["training/global_step"] = step
         metrics["training/epoch"] = epoch
         return metrics
+
+    def _check_probs_diff(self, metrics: dict[str, float]) -> None:
+        """actor_rollout_ref.rollout.max_probs_diff_mean: stop when the engine's log-probs drift from the actor's."""
+        limit = self.cfg.actor_rollout_ref.rollout.max_probs_diff_mean
+        gap = metrics.get("training/rollout_probs_diff_mean")
+        if limit is not None and gap is not None and gap > limit:
+            raise UserError(
+                f"step {self.global_step}: training/rollout_probs_diff_mean = {gap:.4g} exceeds "
+                f"actor_rollout_ref.rollout.max_probs_diff_mean={limit}: the rollout engine is not sampling from the "
+                f"actor's weights (weight sync) or computes them differently (rollout.dtype); raise the limit or set "
+                f"it to null to only log the gap")
 
     def _memory_metrics(self) -> dict[str, float]:
         """Peak resident memory so far, GiB: the driver's, and the sum over each worker group's processes."""

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 
 from rl_trainer.algos import agg_loss, entropy_from_logits, get_policy_loss_fn, kl_penalty
 from rl_trainer.batch import Batch
+from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
 from rl_trainer.workers import fsdp
 from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
                                        mini_batches)
 from rl_trainer.workers.forward import response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
-from rl_trainer.workers.rollout import ROLLOUT_ENGINES, SamplingParams
+from rl_trainer.workers.rollout import SamplingParams, build_rollout
 
 
 def response_log_probs(model: torch.nn.Module, batch: Batch, device: torch.device, temperature: float,
@@ -62,10 +63,8 @@ class ActorRolloutRefWorker(WorkerBase):
             ref.requires_grad_(False)
             self.ref = fsdp.shard_model(ref, self.device, param_offload=arr.ref.fsdp_config.param_offload,
                                         reshard_after_forward=arr.ref.fsdp_config.reshard_after_forward, **mp)
-        rollout_dtype = fsdp.DTYPES[arr.rollout.dtype] if self.device.type == "cuda" else torch.float32
-        rollout_model = load_causal_lm(model_path, dtype=rollout_dtype, **load).to(self.device)
-        self.rollout = ROLLOUT_ENGINES[arr.rollout.name](rollout_model, self.tokenizer, cfg.data.max_response_length,
-                                                          share_prompts=arr.model.share_prompt_prefix)
+        local_rank = self.rank % cfg.trainer.n_gpus_per_node  # this worker's index on its machine
+        self.rollout = build_rollout(cfg, model_path, self.tokenizer, self.device, local_rank, self.threads)
         # Per-rank sampling stream: seed + rank (saved and restored with every checkpoint).
         fsdp.seed_everything(cfg.trainer.seed + self.rank)
         freeze_startup_objects()
@@ -73,7 +72,7 @@ class ActorRolloutRefWorker(WorkerBase):
     # ------------------------------------------------------------------------------------------- rollout
     def generate_sequences(self, prompts: Batch, validate: bool = False) -> Batch:
         """Sync the actor's weights into the engine, then sample (training) or decode greedily (validation)."""
-        self.rollout.update_weights(fsdp.iter_full_params(self.actor.model))
+        self.rollout.update_weights(fsdp.iter_full_params(self.actor.model, tied_aliases=True))
         rollout_cfg = self.config.actor_rollout_ref.rollout
         sampling = SamplingParams.from_config(rollout_cfg.val_kwargs if validate else rollout_cfg)
         return self.rollout.generate(prompts, sampling)
@@ -126,6 +125,7 @@ class ActorRolloutRefWorker(WorkerBase):
         policy_loss = get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)
         metrics = MetricSums()
         entropy_sum = entropy_count = 0.0
+        diff_sums = []  # the weight-sync check, when the update's forward stands in for old_log_probs
         for epoch in range(actor_cfg.ppo_epochs):
             seed = self.config.trainer.seed + epoch
             for mini in mini_batches(batch, mini_size, actor_cfg.shuffle, seed):
@@ -144,6 +144,9 @@ class ActorRolloutRefWorker(WorkerBase):
                         old_log_prob = log_prob.detach()
                         entropy_sum += (entropy.detach() * mask).sum().item()
                         entropy_count += mask.sum().item()
+                        if "rollout_log_probs" in mb:
+                            diff_sums.append(probs_diff_sums(old_log_prob.cpu(), mb.tensors["rollout_log_probs"],
+                                                             mask.cpu()))
                     else:
                         old_log_prob = mb.tensors["old_log_probs"].to(self.device)
                     pg_loss, clipfrac, ppo_kl, clipfrac_lower = policy_loss(
@@ -181,18 +184,31 @@ class ActorRolloutRefWorker(WorkerBase):
         out["actor/lr"] = lr
         if reuse_forward:  # token mean over the whole batch, as the driver computes it from a separate pass
             out["actor/entropy"] = fsdp.global_sum(entropy_sum, self.device) / fsdp.global_sum(entropy_count, self.device)
+        if diff_sums:
+            out.update(probs_diff_metrics(fsdp.all_reduce_sums_and_max(torch.stack(diff_sums), self.device)))
         return out
 
     # -------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str, hf_dir: str | None) -> None:
         """Sharded actor state into `path`; rank 0 also writes a Hugging Face folder to `hf_dir`."""
         self.actor.save(Path(path), list(self.config.actor_rollout_ref.actor.checkpoint.save_contents), self.rank)
-        self.rollout.update_weights(fsdp.iter_full_params(self.actor.model))  # collective on every rank
-        if hf_dir and self.rank == 0:
-            model = self.rollout.model
-            model.save_pretrained(hf_dir)
-            self.tokenizer.save_pretrained(hf_dir)
+        if hf_dir:
+            self._save_hf(hf_dir)
         torch.distributed.barrier()
+
+    def _save_hf(self, hf_dir: str) -> None:
+        """The actor's full weights as a Hugging Face model folder, written by rank 0 (a collective: every rank
+        gathers). The folder's model is built on the meta device: only the gathered weights take memory."""
+        weights = {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.actor.model)}
+        if self.rank != 0:
+            return
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(self.actor.model.config)
+        model.generation_config = self.actor.model.generation_config
+        model.save_pretrained(hf_dir, state_dict=weights)
+        self.tokenizer.save_pretrained(hf_dir)
 
     def load_checkpoint(self, path: str) -> None:
         self.actor.load(Path(path), list(self.config.actor_rollout_ref.actor.checkpoint.load_contents), self.rank)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -46,6 +47,9 @@ class WorkerBase:
 
     def join_group(self, master_addr: str, master_port: int) -> None:
         self.device = fsdp.init_process_group(self.rank, self.world_size, master_addr, master_port, self.device_type)
+        # torchrun's variables, for libraries that adopt this process group (vLLM's external_launcher executor).
+        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), MASTER_ADDR=master_addr,
+                          MASTER_PORT=str(master_port))
 
     def global_batch_info(self, mini: Batch, mini_size: int, **extra) -> dict:
         """agg_loss arguments that normalise a rank-local micro-batch loss by the whole mini-batch across ranks
@@ -57,8 +61,6 @@ class WorkerBase:
         return peak_rss_bytes()
 
     def node_and_pid(self) -> tuple[str, int]:
-        import os
-
         import ray
 
         return ray.util.get_node_ip_address(), os.getpid()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,14 +80,27 @@ def shard_model(model: torch.nn.Module, device: torch.device, *, param_offload: 
     return model
 
 
-def iter_full_params(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_full_params(model: torch.nn.Module, tied_aliases: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every parameter, gathered one at a time: never a second full copy of the model.
 
-    A collective: every rank must iterate to the end. Tied parameters appear once (under their first name).
+    A collective: every rank must iterate to the end. A parameter shared by several modules (tied input and output
+    embeddings) appears once, under its first name; with `tied_aliases` it appears under each of its names (gathered
+    once), for engines that keep the tied copies apart (vLLM's weight reload).
     """
-    for name, param in model.named_parameters():
-        full = param.full_tensor() if hasattr(param, "full_tensor") else param
-        yield name, full.detach()
+    named = list(model.named_parameters(remove_duplicate=not tied_aliases))
+    uses = Counter(id(param) for _, param in named)
+    held: dict[int, torch.Tensor] = {}  # a shared parameter, until its last name has been yielded
+    for name, param in named:
+        key = id(param)
+        full = held.get(key)
+        if full is None:
+            full = (param.full_tensor() if hasattr(param, "full_tensor") else param).detach()
+        uses[key] -= 1
+        if uses[key]:
+            held[key] = full
+        else:
+            held.pop(key, None)
+        yield name, full
 
 
 def local_param_fraction(model: torch.nn.Module) -> float:
@@ -100,6 +114,15 @@ def global_sum(value: float | int, device: torch.device) -> float:
     t = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
+
+
+def all_reduce_sums_and_max(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Combine per-part statistics rows [..., max] over the parts and over all ranks: every column but the last is
+    summed, the last is the maximum (rl_trainer.metrics.probs_diff_sums)."""
+    sums, top = rows[:, :-1].sum(0).to(device), rows[:, -1].max().reshape(1).to(device)
+    dist.all_reduce(sums)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return torch.cat([sums, top]).cpu()
 
 
 def global_mean(value: float, device: torch.device) -> float:

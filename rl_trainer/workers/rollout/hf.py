@@ -33,9 +33,11 @@ from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, r
 
 
 class HFRollout(Rollout):
-    def __init__(self, model: torch.nn.Module, tokenizer, response_length: int, share_prompts: bool = False):
+    def __init__(self, model: torch.nn.Module, tokenizer, response_length: int, share_prompts: bool = False,
+                 return_log_probs: bool = False):
         self.model = model.eval()
         self.share_prompts = share_prompts
+        self.return_log_probs = return_log_probs  # rollout_log_probs: log-prob of each sampled token, as sampled
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.response_length = response_length
@@ -43,7 +45,7 @@ class HFRollout(Rollout):
         eos = getattr(model.generation_config, "eos_token_id", None)
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
-        self._params = dict(self.model.named_parameters())
+        self._params = dict(self.model.named_parameters(remove_duplicate=False))  # tied weights under every name
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -62,13 +64,17 @@ class HFRollout(Rollout):
 
         cache, logits = self._prefill(prompts, prompt_mask, prompt_positions)
         responses = torch.full((rows, self.response_length), self.pad_id, dtype=prompts.dtype, device=device)
+        with_log_probs = self.return_log_probs and sampling.do_sample
+        log_probs = torch.zeros((rows, self.response_length), dtype=torch.float32, device=device)
         attention = torch.cat([prompt_mask, torch.zeros_like(responses)], dim=1)
         active = torch.arange(rows, device=device)  # batch rows still generating, in cache order
         next_position = prompt_positions[:, -1] + 1
         generated = 0
         for t in range(self.response_length):
-            tokens = _sample(logits, warpers, sampling.do_sample)
+            tokens, probs = _sample(logits, warpers, sampling.do_sample)
             responses[active, t] = tokens
+            if with_log_probs:
+                log_probs[active, t] = probs.gather(1, tokens[:, None]).squeeze(1).log()
             attention[active, prompt_len + t] = 1
             generated = t + 1
             running = ~torch.isin(tokens, eos)
@@ -84,6 +90,8 @@ class HFRollout(Rollout):
             ).logits[:, -1]
         response_mask = response_mask_from_eos(responses, self.eos_ids, generated)
         tensors = assemble(prompts, prompt_mask, prompt_positions, responses, response_mask)
+        if with_log_probs:
+            tensors["rollout_log_probs"] = log_probs * response_mask
         return Batch({k: v.cpu() for k, v in tensors.items()}, dict(batch.non_tensors), dict(batch.meta))
 
     def _prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
@@ -150,16 +158,17 @@ def _warpers(sampling: SamplingParams) -> LogitsProcessorList:
     return warpers
 
 
-def _sample(logits: torch.Tensor, warpers: LogitsProcessorList, do_sample: bool) -> torch.Tensor:
-    """One token per row: argmax when greedy; otherwise inverse-CDF sampling from softmax(warped logits).
+def _sample(logits: torch.Tensor, warpers: LogitsProcessorList, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token per row, and the distribution it was drawn from (None when greedy): argmax when greedy; otherwise
+    inverse-CDF sampling from softmax(warped logits).
 
     u ~ U(0, 1] times the total mass picks the first token whose cumulative probability reaches it, which is token i
     with probability p_i (tokens of probability 0, e.g. cut by top-k/top-p, are never picked). The cumulative sum is
     in float64 so the last tokens of a 150k vocabulary keep their mass.
     """
     if not do_sample:
-        return logits.argmax(dim=-1)
+        return logits.argmax(dim=-1), None
     probs = torch.softmax(warpers(None, logits.float()), dim=-1)
     cdf = probs.double().cumsum_(dim=-1)
     u = (1.0 - torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[-1] - 1)
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[-1] - 1), probs
