@@ -90,13 +90,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     from rl_trainer.workers.critic import CriticWorker
 
     config = OmegaConf.to_container(cfg, resolve=True)
+    _init_ray(cfg)  # before the tracker: a cluster that cannot be joined leaves no half-open wandb run
     tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
-    _init_ray(cfg)
     pool = actor = critic = None
     try:
         pool = ResourcePool(trainer_cfg.nnodes, trainer_cfg.n_gpus_per_node, trainer_cfg.device, trainer_cfg.cpus_per_worker)
         share = 0.5 if cfg.critic.enable else 1.0
         actor = WorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, pool, config, share=share)
+        print(pool.describe_placement(actor.call("node_and_pid")), flush=True)
         use_ref = needs_reference(cfg)
         actor.call("init_model", model_path, total_steps, use_ref)
         if cfg.critic.enable:
@@ -123,14 +124,25 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
         ray.shutdown()
 
 
+def ray_address(cfg: DictConfig) -> str | None:
+    """The Ray cluster to join: ray_kwargs.ray_init.address, else RAY_ADDRESS; None = start a local Ray (also when
+    the key is "local", whatever RAY_ADDRESS says)."""
+    key = cfg.ray_kwargs.ray_init.get("address")
+    if key:
+        return None if key == "local" else str(key)
+    return os.environ.get("RAY_ADDRESS") or None
+
+
 def check_local_resources(cfg: DictConfig) -> None:
-    """Without a Ray cluster (RAY_ADDRESS), the workers must fit on this machine: say so before starting Ray."""
-    if os.environ.get("RAY_ADDRESS"):
-        return  # the resource pool checks the cluster's resources once connected
+    """Without a Ray cluster to join (ray_kwargs.ray_init.address or RAY_ADDRESS), the workers must fit on this
+    machine: say so before starting Ray."""
+    if ray_address(cfg):
+        return  # the resource pool checks the cluster's nodes once connected
     t = cfg.trainer
     if t.nnodes > 1:
-        raise UserError(f"trainer.nnodes={t.nnodes} needs a Ray cluster: run `ray start` on every machine and set "
-                        f"RAY_ADDRESS (see README, multi-node), or use trainer.nnodes=1")
+        raise UserError(f"trainer.nnodes={t.nnodes} needs a Ray cluster: run `ray start` on every machine "
+                        f"(scripts/ray_start_head.sh, scripts/ray_start_worker.sh) and set RAY_ADDRESS or "
+                        f"ray_kwargs.ray_init.address (README: On GPUs and several machines), or use trainer.nnodes=1")
     if t.device == "cuda":
         import torch
 
@@ -153,12 +165,19 @@ def _init_ray(cfg: DictConfig) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:  # join a running cluster (ray start --head / --address on every node)
-        ray.init(address=address, log_to_driver=True)
+    address = ray_address(cfg)
+    if address:  # join a running cluster (ray start --head / --address on every node); its nodes set the CPUs
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:
+            source = "ray_kwargs.ray_init.address" if cfg.ray_kwargs.ray_init.get("address") else "RAY_ADDRESS"
+            raise UserError(f"cannot join the Ray cluster at {source}={address}: {str(exc).splitlines()[0]}; start it "
+                            f"with scripts/ray_start_head.sh, or unset {source} to run on this machine") from None
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=cfg.ray_kwargs.ray_init.num_cpus, include_dashboard=False, log_to_driver=True)
+        # address="local": a new local Ray even if RAY_ADDRESS is set (ray_kwargs.ray_init.address=local)
+        ray.init(address="local", num_cpus=cfg.ray_kwargs.ray_init.num_cpus, include_dashboard=False,
+                 log_to_driver=True)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)
