@@ -150,11 +150,13 @@ def test_probs_diff_is_small_when_synced_and_large_when_the_sync_is_skipped(work
     assert stale["training/rollout_probs_diff_mean"] > 0.1, stale
 
 
-def test_grpo_trains_end_to_end_with_the_vllm_rollout(model_dir, gsm8k_dir, tmp_path):
-    """The real CLI: Ray, two FSDP workers, one vLLM engine in each; the engines follow the actor step to step."""
+def test_grpo_trains_end_to_end_with_the_vllm_rollout(model_dir, gsm8k_dir, length_reward, tmp_path):
+    """The real CLI: Ray, two FSDP workers, one vLLM engine in each; the engines follow the actor step to step.
+    (A length reward: the random model never solves GSM8K, and all-zero rewards would make no update.)"""
     from helpers import read_steps, run_cli, small_run_overrides
 
-    proc = run_cli([*small_run_overrides(model_dir, gsm8k_dir, tmp_path), "actor_rollout_ref.rollout.name=vllm",
+    proc = run_cli([*small_run_overrides(model_dir, gsm8k_dir, tmp_path, reward=length_reward),
+                    "actor_rollout_ref.rollout.name=vllm",
                     "actor_rollout_ref.rollout.gpu_memory_utilization=0.2", "actor_rollout_ref.rollout.temperature=0.7",
                     "actor_rollout_ref.rollout.max_probs_diff_mean=0.01"], cwd=tmp_path, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
