@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY
 from rl_trainer.checkpoint import RESUME_MODES
-from rl_trainer.data.rl_dataset import TRUNCATION_MODES
+from rl_trainer.data import TRUNCATION_MODES
 from rl_trainer.dumps import DUMP_KEYS, check_dump_dir
 from rl_trainer.errors import UserError
 from rl_trainer.tracking import BACKENDS as LOGGERS

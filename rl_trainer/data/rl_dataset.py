@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 import torch
 
 from rl_trainer.batch import Batch
+from rl_trainer.data import TRUNCATION_MODES
 from rl_trainer.errors import UserError
 
-TRUNCATION_MODES = ("error", "left", "right", "middle")
 NON_TENSOR_KEYS = ("data_source", "ground_truth", "extra_info", "index", "raw_prompt")
 
 

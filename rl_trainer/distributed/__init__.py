@@ -1,5 +1,16 @@
-"""Ray orchestration: placement groups sized nnodes x n_gpus_per_node, and worker groups that dispatch batches."""
+"""Process orchestration. Ray (worker_group.py): placement groups sized nnodes x n_gpus_per_node, and worker groups
+that dispatch batches; cluster.py: waiting for a cluster's nodes. torchrun (torchrun.py): the same worker classes
+without Ray, one process per device.
 
-from rl_trainer.distributed.worker_group import ResourcePool, WorkerGroup, WorkerGroupError
+The Ray names load on first use, so `python -m rl_trainer.distributed.torchrun` runs where Ray is not installed.
+"""
 
 __all__ = ["ResourcePool", "WorkerGroup", "WorkerGroupError"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from rl_trainer.distributed import worker_group
+
+        return getattr(worker_group, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

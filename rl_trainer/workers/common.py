@@ -45,11 +45,15 @@ class WorkerBase:
         """Called on rank 0 before the group forms: where the other ranks should connect."""
         return fsdp.free_port()
 
-    def join_group(self, master_addr: str, master_port: int) -> None:
-        self.device = fsdp.init_process_group(self.rank, self.world_size, master_addr, master_port, self.device_type)
-        # torchrun's variables, for libraries that adopt this process group (vLLM's external_launcher executor).
-        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), MASTER_ADDR=master_addr,
-                          MASTER_PORT=str(master_port))
+    def join_group(self, master_addr: str | None, master_port: int | None, device_index: int = 0) -> None:
+        """Join the group hosted at master_addr:master_port (Ray), or at torchrun's MASTER_ADDR/MASTER_PORT when
+        None; `device_index` is this worker's GPU among those it sees (Ray shows each worker only its own)."""
+        self.device = fsdp.init_process_group(self.rank, self.world_size, master_addr, master_port, self.device_type,
+                                              device_index)
+        if master_addr is not None:
+            # torchrun's variables, for libraries that adopt this process group (vLLM's external_launcher executor).
+            os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world_size), MASTER_ADDR=master_addr,
+                              MASTER_PORT=str(master_port))
 
     def global_batch_info(self, mini: Batch, mini_size: int, **extra) -> dict:
         """agg_loss arguments that normalise a rank-local micro-batch loss by the whole mini-batch across ranks

@@ -42,17 +42,21 @@ def free_port() -> tuple[str, int]:
     return addr, port
 
 
-def init_process_group(rank: int, world_size: int, master_addr: str, master_port: int, device: str) -> torch.device:
-    """Join this worker group's own process group (gloo on CPU, NCCL on CUDA); returns the device to use."""
+def init_process_group(rank: int, world_size: int, master_addr: str | None, master_port: int | None, device: str,
+                       device_index: int = 0) -> torch.device:
+    """Join this worker group's own process group (gloo on CPU, NCCL on CUDA); returns the device to use.
+
+    master_addr None: torchrun's environment (env://). device_index: this process's GPU among those it sees (0
+    under Ray, which shows each worker exactly its own; LOCAL_RANK under torchrun).
+    """
     if device == "cuda":
-        torch.cuda.set_device(0)  # Ray exposes exactly the GPU(s) of this worker as cuda:0
-        backend, dev = "nccl", torch.device("cuda", 0)
+        torch.cuda.set_device(device_index)
+        backend, dev = "nccl", torch.device("cuda", device_index)
     else:
         backend, dev = "gloo", torch.device("cpu")
-    dist.init_process_group(
-        backend=backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size,
-        device_id=dev if device == "cuda" else None,
-    )
+    init_method = "env://" if master_addr is None else f"tcp://{master_addr}:{master_port}"
+    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size,
+                            device_id=dev if device == "cuda" else None)
     return dev
 
 
