@@ -40,20 +40,13 @@ import os
 from typing import Iterable, Iterator
 
 import torch
+from packaging.version import Version
 
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
 from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble
 
 MIN_VLLM = (0, 10, 2)  # logprobs_mode="processed_logprobs", sleep/wake_up(tags), LLM.collective_rpc, LLM.apply_model
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 def import_vllm():
@@ -64,7 +57,7 @@ def import_vllm():
         raise UserError(f"actor_rollout_ref.rollout.name=vllm but vllm cannot be imported ({exc}); pip install "
                         f"'rl_trainer[vllm]' on a GPU machine (README: vLLM), or use actor_rollout_ref.rollout.name=hf"
                         ) from None
-    if _version_tuple(vllm.__version__) < MIN_VLLM:
+    if Version(vllm.__version__).release < MIN_VLLM:
         raise UserError(f"actor_rollout_ref.rollout.name=vllm needs vllm >= {'.'.join(map(str, MIN_VLLM))} (installed: "
                         f"{vllm.__version__}); pip install -U 'rl_trainer[vllm]'")
     return vllm
@@ -83,10 +76,6 @@ class VLLMRollout(Rollout):
                  device: torch.device, local_rank: int, threads: int, return_log_probs: bool = True,
                  trust_remote_code: bool = False):
         vllm = import_vllm()
-        if rollout_cfg.tensor_model_parallel_size != 1:
-            raise UserError(
-                f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout_cfg.tensor_model_parallel_size}: the "
-                f"vLLM rollout runs one engine per worker (tensor_model_parallel_size=1) in this version; set it to 1")
         self.response_length = response_length
         self.return_log_probs = return_log_probs
         self.pad_id = tokenizer.pad_token_id
@@ -104,7 +93,8 @@ class VLLMRollout(Rollout):
             model=model_path, tokenizer=model_path, skip_tokenizer_init=False, trust_remote_code=trust_remote_code,
             load_format=rollout_cfg.load_format,
             dtype=rollout_cfg.dtype if device.type == "cuda" else "float32",
-            tensor_parallel_size=1, distributed_executor_backend="external_launcher",
+            tensor_parallel_size=1,  # config.py rejects other sizes: each engine generates its own worker's rows
+            distributed_executor_backend="external_launcher",
             gpu_memory_utilization=rollout_cfg.gpu_memory_utilization,
             max_model_len=rollout_cfg.max_model_len or prompt_length + response_length,
             max_num_batched_tokens=rollout_cfg.max_num_batched_tokens, max_num_seqs=rollout_cfg.max_num_seqs,
