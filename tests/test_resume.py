@@ -17,9 +17,10 @@ TIMING_PREFIXES = ("timing_s/", "timing_per_token_ms/", "perf/throughput", "perf
 # Two epochs of two steps, a checkpoint after every step.
 SCHEDULE = ["data.train_max_samples=8", "trainer.total_epochs=2", "trainer.total_training_steps=null",
             "trainer.save_freq=1", "actor_rollout_ref.actor.optim.lr=1e-3"]
-# Each relaunch is killed one phase further on; together they cover generation, scoring, the update, a
-# checkpoint half written, and an epoch boundary.
-KILLS = ["gen@2", "save@2", "epoch_end@2", "update_actor@3", "reward@4", "old_log_prob@4"]
+# Each relaunch is killed one phase further on; together they cover generation, a checkpoint half written, an epoch
+# boundary and the update. (Kills at scoring and at the old log-prob pass, mid-step like generation, were dropped to
+# keep CI within its 20-minute budget.)
+KILLS = ["gen@2", "save@2", "epoch_end@2", "update_actor@3"]
 
 
 def non_timing(metrics: dict) -> dict:
