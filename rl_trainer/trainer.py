@@ -24,8 +24,8 @@ from rl_trainer.checkpoint import CheckpointManager
 from rl_trainer.data.rl_dataset import PromptLoader
 from rl_trainer.distributed import WorkerGroup
 from rl_trainer.dumps import generation_records, write_step_jsonl
-from rl_trainer.faults import fault_point
 from rl_trainer.errors import UserError
+from rl_trainer.faults import fault_point
 from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, peak_rss_bytes,
                                 probs_diff_metrics, probs_diff_sums, timed)
 from rl_trainer.rewards.manager import compute_token_level_scores

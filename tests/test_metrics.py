@@ -141,3 +141,25 @@ def test_timed_accumulates_and_records_on_error(monkeypatch):
         with timed("update_actor", timing_s):
             raise RuntimeError("boom")
     assert timing_s["update_actor"] == 1.0
+
+
+def test_rollout_probs_diff_is_verls_max_mean_std_and_combines_over_parts():
+    from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
+
+    g = torch.Generator().manual_seed(0)
+    actor, rollout = -torch.rand(6, 5, generator=g) * 3, -torch.rand(6, 5, generator=g) * 3
+    mask = (torch.arange(5) < torch.tensor([5, 3, 1, 0, 4, 2])[:, None]).long()
+    # verl (ray_trainer.py): masked_select of |exp(rollout) - exp(actor)|, then torch.max / mean / std (Bessel).
+    diff = torch.masked_select((rollout.exp() - actor.exp()).abs(), mask.bool()).double()
+    expected = {"training/rollout_probs_diff_max": diff.max().item(),
+                "training/rollout_probs_diff_mean": diff.mean().item(),
+                "training/rollout_probs_diff_std": diff.std().item()}
+    whole = probs_diff_metrics(probs_diff_sums(actor, rollout, mask))
+    assert whole == pytest.approx(expected, rel=1e-6)  # ours in float64, verl's in the inputs' float32
+    # Parts (micro-batches, ranks) combine: sums add, maxima take the max.
+    parts = torch.stack([probs_diff_sums(actor[i:i + 2], rollout[i:i + 2], mask[i:i + 2]) for i in (0, 2, 4)])
+    combined = torch.cat([parts[:, :-1].sum(0), parts[:, -1].max().reshape(1)])
+    assert probs_diff_metrics(combined) == pytest.approx(expected, rel=1e-6)
+    # A part with no valid token (row 3 alone) contributes nothing, and on its own is NaN, not an error.
+    empty = probs_diff_metrics(probs_diff_sums(actor[3:4], rollout[3:4], mask[3:4]))
+    assert all(v != v for v in empty.values())
