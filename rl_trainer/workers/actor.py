@@ -199,10 +199,7 @@ class ActorRolloutRefWorker(WorkerBase):
     def _save_hf(self, hf_dir: str) -> None:
         """The actor's full weights as a Hugging Face model folder, written by rank 0 (a collective: every rank
         gathers). The folder's model is built on the meta device: only the gathered weights take memory."""
-        weights = {}
-        for name, tensor in fsdp.iter_full_params(self.actor.model):
-            if self.rank == 0:
-                weights[name] = tensor.cpu().clone()
+        weights = self.full_params(keep=self.rank == 0)
         if self.rank != 0:
             return
         from transformers import AutoModelForCausalLM

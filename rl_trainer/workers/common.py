@@ -37,9 +37,10 @@ class WorkerBase:
         """Fraction of the trained model's parameters held by this rank (about 1 / world size)."""
         return fsdp.local_param_fraction(self.train_state.model)
 
-    def full_params(self) -> dict[str, torch.Tensor]:
-        """The trained model's full parameters on CPU (a collective: call on every rank)."""
-        return {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.train_state.model)}
+    def full_params(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """The trained model's full parameters on CPU (a collective: call on every rank). keep=False takes part in
+        the gathering without keeping a copy (an empty dict), for ranks that only help another one collect."""
+        return {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.train_state.model) if keep}
 
     def master_address(self) -> tuple[str, int]:
         """Called on rank 0 before the group forms: where the other ranks should connect."""

@@ -65,7 +65,7 @@ class HFRollout(Rollout):
         cache, logits = self._prefill(prompts, prompt_mask, prompt_positions)
         responses = torch.full((rows, self.response_length), self.pad_id, dtype=prompts.dtype, device=device)
         with_log_probs = self.return_log_probs and sampling.do_sample
-        log_probs = torch.zeros((rows, self.response_length), dtype=torch.float32, device=device)
+        log_probs = torch.zeros((rows, self.response_length), device=device) if with_log_probs else None
         attention = torch.cat([prompt_mask, torch.zeros_like(responses)], dim=1)
         active = torch.arange(rows, device=device)  # batch rows still generating, in cache order
         next_position = prompt_positions[:, -1] + 1
@@ -158,7 +158,8 @@ def _warpers(sampling: SamplingParams) -> LogitsProcessorList:
     return warpers
 
 
-def _sample(logits: torch.Tensor, warpers: LogitsProcessorList, do_sample: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _sample(logits: torch.Tensor, warpers: LogitsProcessorList,
+            do_sample: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token per row, and the distribution it was drawn from (None when greedy): argmax when greedy; otherwise
     inverse-CDF sampling from softmax(warped logits).
 
