@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 from rl_trainer.algos import compute_advantage
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
+from rl_trainer.metrics import timed
 
 CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "ppo_trainer.yaml"
 SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="Hugging Face directory (default: builtin:tiny-qwen2)")
     parser.add_argument("--shape", choices=sorted(SHAPES),
-                        help="a random-init model of this shape instead of --model (one machine: it is built in rank 0's "
-                             "temporary directory)")
+                        help="a random-init model of this shape instead of --model (one machine: it is built in "
+                             "rank 0's temporary directory)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts-per-rank", type=int, default=None,
                         help="sets data.train_batch_size and actor.ppo_mini_batch_size to this x ranks (one optimizer "
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
 
             model_path = [str(ensure_builtin_model("tiny-qwen2", seed=config["trainer"]["seed"]))]
             if args.shape:
-                model_path = [random_model(args.shape, model_path[0], Path(tmp) / args.shape, config["trainer"]["seed"])]
+                model_path = [random_model(args.shape, model_path[0], Path(tmp) / args.shape,
+                                           config["trainer"]["seed"])]
         dist.broadcast_object_list(model_path, src=0)
         model_path = model_path[0]
         use_ref = arr["actor"]["use_kl_loss"]
@@ -159,32 +161,28 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
 
     for step in range(1, args.steps + 1):
-        timing = {}
-
-        def timed(name, fn, *a, **k):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = fn(*a, **k)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            timing[name] = time.perf_counter() - start
-            return out
+        timing: dict[str, float] = {}
 
         prompts = random_prompts(prompts_per_rank, prompt_length, len(worker.tokenizer), worker.tokenizer.pad_token_id,
                                  generator)
         prompts["uid"] = [str(uuid.uuid4()) for _ in range(prompts_per_rank)]
-        batch = timed("gen", worker.generate_sequences, prompts.repeat(n, interleave=True))
+        # Each phase ends on the host (its results come back as CPU tensors or floats), so on CUDA its time
+        # includes the device's work.
+        with timed("gen", timing):
+            batch = worker.generate_sequences(prompts.repeat(n, interleave=True))
         batch["token_level_scores"] = batch["token_level_rewards"] = parity_scores(batch)
-        batch.update(timed("old_log_prob", worker.compute_log_prob, batch))
+        with timed("old_log_prob", timing):
+            batch.update(worker.compute_log_prob(batch))
         if use_ref:
-            batch.update(timed("ref", worker.compute_ref_log_prob, batch))
+            with timed("ref", timing):
+                batch.update(worker.compute_ref_log_prob(batch))
         algo = config["algorithm"]
         batch["advantages"], batch["returns"] = compute_advantage(
             algo["adv_estimator"], token_level_rewards=batch["token_level_rewards"],
             response_mask=batch["response_mask"], index=batch["uid"], gamma=algo["gamma"], lam=algo["lam"],
             norm_adv_by_std_in_grpo=algo["norm_adv_by_std_in_grpo"])
-        metrics = timed("update_actor", worker.update_actor, batch)
+        with timed("update_actor", timing):
+            metrics = worker.update_actor(batch)
 
         local = torch.tensor([batch["attention_mask"].sum().item(), batch["response_mask"].sum().item(),
                               batch["token_level_scores"].sum().item()], dtype=torch.float64, device=worker.device)
