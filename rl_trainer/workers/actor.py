@@ -18,7 +18,7 @@ from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
 from rl_trainer.workers import fsdp
 from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
                                        mini_batches)
-from rl_trainer.workers.forward import response_logits
+from rl_trainer.workers.forward import pad_responses, response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
 from rl_trainer.workers.rollout import SamplingParams, build_rollout
 
@@ -28,18 +28,20 @@ def response_log_probs(model: torch.nn.Module, batch: Batch, device: torch.devic
                        entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response_t | prefix) for every response position, from logits / temperature (as verl).
 
-    Only the logits that score response tokens are computed (rl_trainer.workers.forward.response_logits).
+    Only the logits that score response tokens are computed (rl_trainer.workers.forward.response_logits), and
+    none for the response columns that every row pads: those get log-prob and entropy 0 (masked everywhere).
     Returns log_probs (bs, R) and, if asked, the entropy of each position's distribution (outside the autograd
     graph unless `entropy_grad`: a metric, not a loss term).
     """
-    responses = batch.tensors["responses"].to(device)
+    response_len = batch.tensors["responses"].shape[1]
     logits = response_logits(model, batch, device, share_prompts).float() / temperature
+    responses = batch.tensors["responses"][:, : logits.shape[1]].to(device)
     log_probs = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), responses.reshape(-1), reduction="none")
-    log_probs = log_probs.view(responses.shape)
+    log_probs = pad_responses(log_probs.view(responses.shape), response_len)
     if not with_entropy:
         return log_probs, None
     with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-        return log_probs, entropy_from_logits(logits)
+        return log_probs, pad_responses(entropy_from_logits(logits), response_len)
 
 
 class ActorRolloutRefWorker(WorkerBase):

@@ -105,10 +105,6 @@ def mini_batches(batch: Batch, size: int, shuffle: bool, seed: int) -> list[Batc
     return batch.split(size)
 
 
-def model_inputs(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: batch.tensors[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
-
-
 class MetricSums:
     """Per-rank accumulation of metric values; `reduce` averages over calls and then over ranks."""
 

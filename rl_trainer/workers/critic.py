@@ -10,15 +10,20 @@ from rl_trainer.algos import compute_value_loss, masked_mean
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
 from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
-                                       mini_batches, model_inputs)
+                                       mini_batches)
+from rl_trainer.workers.forward import pad_responses, unpadded_inputs
 from rl_trainer.workers.loading import load_value_model
 
 
 def response_values(model: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """V at the position before each response token (the state the token was sampled in), (bs, R), masked."""
-    length = batch.tensors["responses"].shape[1]
-    values = model(**model_inputs(batch, device), use_cache=False).logits.squeeze(-1).float()
-    return values[:, -length - 1 : -1] * batch.tensors["response_mask"].to(device)
+    """V at the position before each response token (the state the token was sampled in), (bs, R), masked; the
+    model runs only on the columns some row attends to (rl_trainer.workers.forward.unpadded_inputs)."""
+    t, _ = unpadded_inputs(batch, device)
+    length = t["responses"].shape[1]
+    values = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+                   use_cache=False).logits.squeeze(-1).float()
+    values = pad_responses(values[:, -length - 1 : -1], batch.tensors["responses"].shape[1])
+    return values * batch.tensors["response_mask"].to(device)
 
 
 class CriticWorker(WorkerBase):

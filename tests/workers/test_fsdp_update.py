@@ -66,7 +66,11 @@ def test_two_ranks_with_micro_batches_equal_one_rank_full_batch(role, ray_cluste
     assert all(0.45 < f < 0.55 for f in fractions), fractions
     assert sharded.keys() == single.keys()
     for name in single:
-        torch.testing.assert_close(sharded[name], single[name], rtol=1e-5, atol=1e-7, msg=name)
+        # The key projection's bias has a gradient of exactly 0 in exact arithmetic (it adds q.b to every logit of a
+        # query, which the softmax cancels); Adam normalises its float noise, which depends on the micro-batch's
+        # shape (the forward skips the padding columns that every row of a micro-batch has), into steps of ~lr.
+        atol = 1e-6 if name.endswith("k_proj.bias") else 1e-7
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-5, atol=atol, msg=name)
     loss = "actor/pg_loss" if role == "actor" else "critic/vf_loss"
     assert metrics2[loss] == pytest.approx(metrics1[loss], rel=1e-5)
     assert metrics1[loss] != 0

@@ -1,5 +1,6 @@
-"""rl_trainer's speed-ups change no numbers: shared prompt prefixes (model.share_prompt_prefix) and reusing the
-update's forward as old_log_prob (actor.recompute_old_log_prob=false), in the update and in generation."""
+"""rl_trainer's speed-ups change no numbers: shared prompt prefixes (model.share_prompt_prefix), reusing the
+update's forward as old_log_prob (actor.recompute_old_log_prob=false), and skipping the padding columns that every
+row of a micro-batch masks, in the update, the critic and generation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from helpers import worker_config
 from rl_trainer.batch import Batch
 from rl_trainer.distributed import ResourcePool, WorkerGroup
 from rl_trainer.workers.actor import ActorRolloutRefWorker
-from rl_trainer.workers.forward import prompt_groups, response_logits
+from rl_trainer.workers.actor import response_log_probs
+from rl_trainer.workers.critic import response_values
+from rl_trainer.workers.forward import prompt_groups, response_logits, unpadded_columns
+from rl_trainer.workers.loading import load_value_model
 from rl_trainer.workers.rollout.base import SamplingParams, assemble
 from rl_trainer.workers.rollout.hf import HFRollout
 
@@ -34,6 +38,56 @@ def grouped_batch(vocab: int, n: int = 4, seed: int = 0, r: int = 6) -> Batch:
     batch["ref_log_prob"] = -8.3 + 0.05 * torch.randn(2 * n, r, generator=g)
     batch["advantages"] = torch.randn(2 * n, r, generator=g) * response_mask
     return batch
+
+
+def widened(batch: Batch, left: int, right: int) -> Batch:
+    """`batch` with `left` more prompt columns and `right` more response columns, all of them padding."""
+    p = batch["prompts"].shape[1]
+
+    def pad(x, value=0):
+        return torch.cat([torch.full((len(x), left), value, dtype=x.dtype), x], dim=1)
+
+    responses = torch.cat([batch["responses"], torch.zeros(len(batch), right, dtype=torch.long)], dim=1)
+    response_mask = torch.cat([batch["response_mask"], torch.zeros(len(batch), right, dtype=torch.long)], dim=1)
+    out = Batch(assemble(pad(batch["prompts"]), pad(batch["attention_mask"][:, :p]), pad(batch["position_ids"][:, :p]),
+                         responses, response_mask))
+    for key in ("ref_log_prob", "advantages"):
+        out[key] = torch.cat([batch[key], torch.zeros(len(batch), right)], dim=1)
+    return out
+
+
+def test_unpadded_columns_cover_every_attended_position():
+    batch = grouped_batch(vocab=100)  # prompts of 8 and 5 tokens in 8 columns, responses of 1..6 tokens in 6
+    assert unpadded_columns(batch["attention_mask"], 8) == (0, 14)
+    assert unpadded_columns(batch["attention_mask"][4:], 8) == (3, 14)  # the rows of the 5-token prompt
+    wide = widened(batch.index(slice(4, None)), left=7, right=5)
+    assert unpadded_columns(wide["attention_mask"], 15) == (10, 21)
+    assert unpadded_columns(torch.zeros(2, 9), 4) == (0, 5)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_padding_columns_change_no_log_prob_value_or_gradient(tiny_models, share):
+    """The same rows with 7 more padding columns before the prompts and 5 after the responses: the log-probs,
+    entropies and critic values of every position, and the gradients, are those of the narrower batch."""
+    policy = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
+    torch.manual_seed(0)
+    critic = load_value_model(str(tiny_models["qwen2"]))
+    batch = grouped_batch(vocab=policy.config.vocab_size)
+    results = []
+    for b in (batch, widened(batch, left=7, right=5)):
+        policy.zero_grad()
+        log_probs, entropy = response_log_probs(policy, b, torch.device("cpu"), 0.7, True, share)
+        (log_probs * b["response_mask"]).sum().backward()
+        with torch.no_grad():
+            values = response_values(critic, b, torch.device("cpu"))
+        results.append((log_probs.detach()[:, :6], entropy[:, :6], values[:, :6], [p.grad.clone() for p in policy.parameters()]))
+        if b is not batch:  # the added columns are masked: zeros, not computed
+            assert not log_probs[:, 6:].any() and not entropy[:, 6:].any() and not values[:, 6:].any()
+    mask = batch["response_mask"].bool()
+    for narrow, wide in zip(results[0][:3], results[1][:3]):
+        torch.testing.assert_close(wide[mask], narrow[mask], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[0][3], results[1][3]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_prompt_groups_find_repeated_prompts_in_any_order():
@@ -77,6 +131,25 @@ def test_generation_with_a_shared_prefill_gives_the_same_tokens(tiny_models, do_
         outputs.append(HFRollout(model, tokenizer, 12, share_prompts=share).generate(prompts, SamplingParams(do_sample)))
     for key in ("responses", "response_mask", "input_ids", "position_ids"):
         assert torch.equal(outputs[0][key], outputs[1][key]), key
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_generation_ignores_prompt_padding_columns(tiny_models, do_sample):
+    """Prompts left-padded to 15 columns instead of 8 give the same responses (greedy, and sampled with the same
+    seed), and come back at their own width."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["qwen2"])
+    outputs = []
+    for b in (grouped_batch(vocab=model.config.vocab_size), widened(grouped_batch(vocab=model.config.vocab_size), 7, 0)):
+        p = b["prompts"].shape[1]
+        prompts = Batch({"prompts": b["prompts"], "attention_mask": b["attention_mask"][:, :p],
+                         "position_ids": b["position_ids"][:, :p]})
+        torch.manual_seed(0)
+        outputs.append(HFRollout(model, tokenizer, 12, share_prompts=True).generate(prompts, SamplingParams(do_sample)))
+    narrow, wide = outputs
+    assert wide["prompts"].shape[1] == 15 and torch.equal(wide["prompts"][:, 7:], narrow["prompts"])
+    for key in ("responses", "response_mask"):
+        assert torch.equal(wide[key], narrow[key]), key
 
 
 @pytest.mark.slow

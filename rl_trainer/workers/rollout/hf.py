@@ -5,6 +5,7 @@ every generation, parameter by parameter, so it always samples from the actor's 
 
 It decodes with the model's forward in a loop of its own rather than `model.generate`, which on the standard
 CPU workload takes generation from about 3.3 s to 2.1 s a step (docs/performance.md):
+  * no work on the prompt columns that every row pads;
   * prefill once per distinct prompt (actor_rollout_ref.model.share_prompt_prefix): the rollout.n rows of a
     prompt start from copies of one prefill instead of computing it n times;
   * the KV cache reserves room for the whole sequence and appends each token in place; transformers'
@@ -28,7 +29,7 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
                                                     TopPLogitsWarper)
 
 from rl_trainer.batch import Batch
-from rl_trainer.workers.forward import prefill_distinct_prompts
+from rl_trainer.workers.forward import prefill_distinct_prompts, unpadded_columns
 from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, response_mask_from_eos
 
 
@@ -58,15 +59,17 @@ class HFRollout(Rollout):
         prompts = batch["prompts"].to(device)
         prompt_mask = batch["attention_mask"].to(device)
         prompt_positions = batch["position_ids"].to(device)
-        rows, prompt_len = prompts.shape
+        # The model sees no column that every row pads (data.max_prompt_length is usually far above most prompts).
+        start, _ = unpadded_columns(prompt_mask, prompt_mask.shape[1])
+        rows, prompt_len = prompts.shape[0], prompts.shape[1] - start
         eos = torch.tensor(self.eos_ids, device=device)
         warpers = _warpers(sampling)
 
-        cache, logits = self._prefill(prompts, prompt_mask, prompt_positions)
+        cache, logits = self._prefill(prompts[:, start:], prompt_mask[:, start:], prompt_positions[:, start:])
         responses = torch.full((rows, self.response_length), self.pad_id, dtype=prompts.dtype, device=device)
         with_log_probs = self.return_log_probs and sampling.do_sample
         log_probs = torch.zeros((rows, self.response_length), device=device) if with_log_probs else None
-        attention = torch.cat([prompt_mask, torch.zeros_like(responses)], dim=1)
+        attention = torch.cat([prompt_mask[:, start:], torch.zeros_like(responses)], dim=1)
         active = torch.arange(rows, device=device)  # batch rows still generating, in cache order
         next_position = prompt_positions[:, -1] + 1
         generated = 0
