@@ -180,6 +180,9 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     _choice(trainer.resume_mode, RESUME_MODES, "trainer.resume_mode")
     _choice(trainer.nonfinite_grad, ("skip", "stop"), "trainer.nonfinite_grad")
     _choice(arr.rollout.name, ROLLOUT_ENGINES, "actor_rollout_ref.rollout.name")
+    if arr.rollout.native_decode not in (None, True, False):
+        raise UserError(f"actor_rollout_ref.rollout.native_decode={arr.rollout.native_decode!r} is not valid; choose "
+                        "null (where the model has it), true or false")
     for key in ("actor.optim.lr_scheduler_type",):
         _choice(arr.actor.optim.lr_scheduler_type, ("constant", "cosine"), f"actor_rollout_ref.{key}")
     _choice(cfg.critic.optim.lr_scheduler_type, ("constant", "cosine"), "critic.optim.lr_scheduler_type")

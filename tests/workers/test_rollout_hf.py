@@ -7,8 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rl_trainer.batch import Batch
+from rl_trainer.errors import UserError
 from rl_trainer.workers.rollout.base import SamplingParams
-from rl_trainer.workers.rollout.hf import HFRollout
+from rl_trainer.workers.rollout.hf import HFRollout, _reserved_cache
+from rl_trainer.workers.rollout.native_decode import NativeDecodeStep
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,8 @@ def hf_generate(model, batch: Batch, eos: list[int], pad: int, length: int) -> t
     return torch.nn.functional.pad(generated, (0, length - generated.shape[1]), value=pad)
 
 
-@pytest.mark.parametrize("share_prompts, n", [(False, 2), (True, 2), (True, 1)])
-def test_greedy_decoding_equals_generate_token_for_token_with_early_eos(model_and_tokenizer, share_prompts, n):
+@pytest.mark.parametrize("share_prompts, n, native", [(False, 2, None), (True, 2, None), (True, 1, None), (True, 2, False)])
+def test_greedy_decoding_equals_generate_token_for_token_with_early_eos(model_and_tokenizer, share_prompts, n, native):
     model, tokenizer = model_and_tokenizer
     # Prompts out of sorted order, repeated n times (n=1: nothing to share, as in validation).
     batch = prompts_batch(tokenizer, ["Natalia sold clips to 48 of her friends.", "How many?", "2 + 2 = 4; 3 + 3 ="], n)
@@ -41,7 +43,8 @@ def test_greedy_decoding_equals_generate_token_for_token_with_early_eos(model_an
     stop = int(free[0, 5])
     model.generation_config.eos_token_id = [stop]
     try:
-        rollout = HFRollout(model, tokenizer, 24, share_prompts=share_prompts)
+        rollout = HFRollout(model, tokenizer, 24, share_prompts=share_prompts, native_decode=native)
+        assert (rollout.native_step is not None) == (native is None)  # Qwen2 has the native decode step
         ours = rollout.generate(batch, SamplingParams(do_sample=False))
         reference = hf_generate(model, batch, rollout.eos_ids, tokenizer.pad_token_id, 24)
     finally:
@@ -70,3 +73,50 @@ def test_sampling_draws_from_the_warped_model_distribution(model_and_tokenizer, 
     counts = torch.bincount(first, minlength=len(probs)).double()
     sigma = (draws * probs * (1 - probs)).sqrt()
     assert ((counts - draws * probs).abs() <= 4.5 * sigma + 1).all()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_native_decode_step_equals_the_model_forward(tiny_models, arch):
+    """Logits and cache of 6 decode steps after a left-padded prefill: the native step against the model's forward
+    (Qwen2: q/k/v biases, tied head; Llama: no biases, its own head)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.arange(7) >= torch.tensor([0, 3, 5])[:, None]).long()
+    prompts = torch.randint(3, model.config.vocab_size, (3, 7), generator=g) * mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step = NativeDecodeStep(model)
+    caches, logits = [], []
+    with torch.no_grad():
+        for _ in range(2):
+            caches.append(_reserved_cache(model.config, 16))
+            model(input_ids=prompts, attention_mask=mask, position_ids=positions, past_key_values=caches[-1], use_cache=True)
+        for t in range(6):
+            tokens = torch.randint(3, model.config.vocab_size, (3,), generator=g)
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
+            pos = positions[:, -1] + t + 1
+            reference = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
+                              past_key_values=caches[0], use_cache=True).logits[:, -1]
+            torch.testing.assert_close(step(tokens, mask, pos, caches[1]), reference, rtol=1e-5, atol=1e-5)
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        torch.testing.assert_close(b.keys, a.keys)
+        torch.testing.assert_close(b.values, a.values)
+
+
+def test_native_decode_true_refuses_another_architecture():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(UserError, match=r"rollout.native_decode=true: GPT2LMHeadModel .*set it to null"):
+        HFRollout(model, _Tokenizer(), 4, native_decode=True)
+    assert HFRollout(model, _Tokenizer(), 4).native_step is None  # null: transformers' forward for this model
+
+
+class _Tokenizer:
+    pad_token_id = eos_token_id = 0
+
+
+def test_native_decode_config_takes_null_true_or_false(tiny_models):
+    from helpers import worker_config
+
+    with pytest.raises(UserError, match=r"actor_rollout_ref.rollout.native_decode='auto' is not valid; choose null"):
+        worker_config(tiny_models["qwen2"], 1, 4, ["actor_rollout_ref.rollout.native_decode=auto"])

@@ -27,7 +27,7 @@ def build_rollout(cfg, model_path: str, tokenizer, device: torch.device, local_r
     model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=arr.model.trust_remote_code,
                            override_config=dict(arr.model.override_config)).to(device)
     return HFRollout(model, tokenizer, cfg.data.max_response_length, share_prompts=arr.model.share_prompt_prefix,
-                     return_log_probs=return_log_probs)
+                     return_log_probs=return_log_probs, native_decode=rollout_cfg.native_decode)
 
 
 def _calculate_log_probs(rollout_cfg) -> bool:

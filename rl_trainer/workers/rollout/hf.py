@@ -12,6 +12,8 @@ CPU workload takes generation from about 3.3 s to 2.1 s a step (docs/performance
     DynamicCache concatenates (re-allocates and copies) every layer's cache on every token, which inside a Ray
     worker process costs about a third of the decode time;
   * rows that have produced EOS leave the batch and the cache, so the model stops computing them;
+  * each decode step runs the model's modules without transformers' per-call machinery where the architecture
+    allows (rollout.native_decode; rl_trainer.workers.rollout.native_decode);
   * sampling draws one uniform number per row against the cumulative distribution (inverse-CDF sampling: the
     distribution of `torch.multinomial`, at a fraction of its CPU cost).
 The logits pass through transformers' own warpers (temperature, top-k, top-p), so the distribution sampled is
@@ -29,14 +31,17 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
                                                     TopPLogitsWarper)
 
 from rl_trainer.batch import Batch
+from rl_trainer.errors import UserError
 from rl_trainer.workers.forward import prefill_distinct_prompts, unpadded_columns
 from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, response_mask_from_eos
+from rl_trainer.workers.rollout.native_decode import NativeDecodeStep, unsupported_reason
 
 
 class HFRollout(Rollout):
     def __init__(self, model: torch.nn.Module, tokenizer, response_length: int, share_prompts: bool = False,
-                 return_log_probs: bool = False):
+                 return_log_probs: bool = False, native_decode: bool | None = None):
         self.model = model.eval()
+        self.native_step = _native_step(model, native_decode)
         self.share_prompts = share_prompts
         self.return_log_probs = return_log_probs  # rollout_log_probs: log-prob of each sampled token, as sampled
         for p in self.model.parameters():
@@ -87,15 +92,19 @@ class HFRollout(Rollout):
                 keep = running.nonzero().squeeze(1)
                 active, tokens = active[keep], tokens[keep]
                 cache.batch_select_indices(keep)
-            logits = self.model(
-                input_ids=tokens[:, None], attention_mask=attention[active, : prompt_len + t + 1],
-                position_ids=(next_position[active] + t)[:, None], past_key_values=cache, use_cache=True,
-            ).logits[:, -1]
+            logits = self._decode(tokens, attention[active, : prompt_len + t + 1], next_position[active] + t, cache)
         response_mask = response_mask_from_eos(responses, self.eos_ids, generated)
         tensors = assemble(prompts, prompt_mask, prompt_positions, responses, response_mask)
         if with_log_probs:
             tensors["rollout_log_probs"] = log_probs * response_mask
         return Batch({k: v.cpu() for k, v in tensors.items()}, dict(batch.non_tensors), dict(batch.meta))
+
+    def _decode(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """The logits after one new token per row, whose keys and values join `cache`."""
+        if self.native_step is not None:
+            return self.native_step(tokens, mask, positions, cache)
+        return self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
+                          past_key_values=cache, use_cache=True).logits[:, -1]
 
     def _prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
         """The cache of every row's prompt and the logits after its last token; computed once per distinct prompt
@@ -136,6 +145,20 @@ class _ReservedLayer(DynamicLayer):
         if self.is_initialized:
             self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
             self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+
+def _native_step(model: torch.nn.Module, native_decode: bool | None) -> NativeDecodeStep | None:
+    """rollout.native_decode: null = the native decode step where the architecture has one, else transformers'
+    forward; true = the native step or a one-line error; false = transformers' forward."""
+    if native_decode is False:
+        return None
+    reason = unsupported_reason(model)
+    if reason is None:
+        return NativeDecodeStep(model)
+    if native_decode:
+        raise UserError(f"actor_rollout_ref.rollout.native_decode=true: {reason}; set it to null (use transformers' "
+                        "forward for such models) or false")
+    return None
 
 
 def _reserved_cache(config, capacity: int) -> Cache:
