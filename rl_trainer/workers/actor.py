@@ -34,7 +34,9 @@ def response_log_probs(model: torch.nn.Module, batch: Batch, device: torch.devic
     graph unless `entropy_grad`: a metric, not a loss term).
     """
     response_len = batch.tensors["responses"].shape[1]
-    logits = response_logits(model, batch, device, share_prompts).float() / temperature
+    logits = response_logits(model, batch, device, share_prompts).float()
+    if temperature != 1.0:  # x / 1.0 == x: skip a pass over the (bs, R, V) logits
+        logits = logits / temperature
     responses = batch.tensors["responses"][:, : logits.shape[1]].to(device)
     log_probs = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), responses.reshape(-1), reduction="none")
     log_probs = pad_responses(log_probs.view(responses.shape), response_len)
