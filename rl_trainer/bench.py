@@ -21,7 +21,8 @@ The standard workload (docs/performance.md; keep it exact, numbers elsewhere are
 It runs `python -m rl_trainer.main` with these overrides in a subprocess (driver, Ray, FSDP workers: the real
 path), waits for it, and prints step times, tokens per step and per second, the per-phase breakdown, peak
 resident memory and the time from launch to the end of the first step. `--baseline` turns rl_trainer's
-optimisations off (shared prompt prefixes, reuse of the update's forward for old_log_prob) to measure them.
+optimisations off (shared prompt prefixes, reuse of the update's forward for old_log_prob, the native decode step)
+to measure them.
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ STANDARD_WORKLOAD = (
     "trainer.resume_mode=disable",
     "trainer.logger=[console]",
 )
-# rl_trainer's optimisations that are opt-in (the rest, e.g. response-only logits, are always on).
+# rl_trainer's optimisations that can be switched off, as (on, off) (the rest, e.g. response-only logits and
+# skipping padding columns, are always on).
 OPTIMISATIONS = {
     "actor_rollout_ref.model.share_prompt_prefix": ("true", "false"),
     "actor_rollout_ref.actor.recompute_old_log_prob": ("false", "true"),
+    "actor_rollout_ref.rollout.native_decode": ("null", "false"),
 }
 PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor")
 

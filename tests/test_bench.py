@@ -40,5 +40,6 @@ def test_baseline_turns_the_optimisations_off_and_overrides_come_last(tmp_path):
     assert cmd[1:3] == ["-m", "rl_trainer.main"]
     assert "actor_rollout_ref.model.share_prompt_prefix=false" in cmd
     assert "actor_rollout_ref.actor.recompute_old_log_prob=true" in cmd
+    assert "actor_rollout_ref.rollout.native_decode=false" in cmd
     assert cmd.index("actor_rollout_ref.model.path=/models/mine") > cmd.index(STANDARD_WORKLOAD[0])
     assert cmd[-1] == "actor_rollout_ref.rollout.n=8"
