@@ -3,8 +3,8 @@
 The engine holds its own unsharded copy of the model (on GPU in bf16), refreshed from the FSDP actor before
 every generation, parameter by parameter, so it always samples from the actor's current weights.
 
-It decodes with the model's forward in a loop of its own rather than `model.generate`, which on the standard
-CPU workload takes generation from about 3.3 s to 2.1 s a step (docs/performance.md):
+It decodes in a loop of its own rather than `model.generate`; on the standard CPU workload generation went from
+about 3.2 s to 1.8-2.0 s a step (docs/performance.md, on different days):
   * no work on the prompt columns that every row pads;
   * prefill once per distinct prompt (actor_rollout_ref.model.share_prompt_prefix): the rollout.n rows of a
     prompt start from copies of one prefill instead of computing it n times;
