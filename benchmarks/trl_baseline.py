@@ -5,10 +5,10 @@ Not part of rl_trainer (TRL is not a dependency): run it in its own virtual envi
     python3.11 -m venv /tmp/trl_venv
     /tmp/trl_venv/bin/pip install torch==2.13.0                      # the CPU wheel first
     /tmp/trl_venv/bin/pip install trl==1.16.0 transformers==5.23.0 accelerate datasets pandas pyarrow
-    .venv/bin/python -m rl_trainer.bench --steps 1                 # builds the model and the data in the cache
+    .venv/bin/python -m rl_trainer.tools.bench --steps 1                 # builds the model and the data in the cache
     OMP_NUM_THREADS=2 /tmp/trl_venv/bin/python benchmarks/trl_baseline.py --steps 7
 
-Workload (rl_trainer/bench.py has the full definition): builtin:tiny-qwen2 from rl_trainer's cache, GSM8K train
+Workload (rl_trainer/tools/bench.py has the full definition): builtin:tiny-qwen2 from rl_trainer's cache, GSM8K train
 (chat template, prompts over 256 tokens dropped, no shuffling), 8 prompts x 4 generations = 32 sequences of up
 to 128 new tokens at temperature 1, top_p 1, no top_k; GRPO with loss_type="dapo" (the token mean over all 32
 sequences), beta=0.001 (k3 KL to a reference model), AdamW lr 1e-6, weight decay 0, max_grad_norm 1.0,

@@ -34,5 +34,5 @@ out=experiments/$config/$experiment
 "$PYTHON" -m rl_trainer.main -m --config-name "$config" "${sweep[@]}" hydra.sweep.dir="$out" \
     trainer.experiment_name="$config-$experiment" "$@"
 status=$?
-"$PYTHON" -m rl_trainer.plot "$out" --out "$out/plot.png" || status=1
+"$PYTHON" -m rl_trainer.tools.plot "$out" --out "$out/plot.png" || status=1
 exit $status

@@ -53,7 +53,7 @@ def test_estimator_sweep_isolates_jobs_survives_a_failure_resumes_and_plots(tmp_
     assert again.stdout.count("training already finished") == 2, again.stdout[-3000:]
     assert f"{checkpoints}/algorithm.adv_estimator=gae/global_step_20 is step 20" in again.stdout
 
-    plot = subprocess.run([sys.executable, "-m", "rl_trainer.plot", str(sweep), "--out", str(tmp_path / "cmp.png")],
+    plot = subprocess.run([sys.executable, "-m", "rl_trainer.tools.plot", str(sweep), "--out", str(tmp_path / "cmp.png")],
                           capture_output=True, text=True, timeout=120)
     assert plot.returncode == 0, plot.stderr
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

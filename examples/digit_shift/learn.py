@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from rl_trainer.plot import plot_runs
+from rl_trainer.tools.plot import plot_runs
 from rl_trainer.tracking import read_metrics
 
 ESTIMATORS = {"grpo": "grpo", "ppo": "gae"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from omegaconf import ListConfig
 
+from rl_trainer.cache import cache_root
 from rl_trainer.data import digit_shift, gsm8k
 from rl_trainer.errors import UserError
 
@@ -30,8 +31,6 @@ def resolve_data_files(files, key: str) -> list[str]:
         if item.startswith("builtin:"):
             if item not in BUILTIN_DATA:
                 raise UserError(f"{key}={item} is not a built-in dataset; choose one of {', '.join(BUILTIN_DATA)}")
-            from rl_trainer.models.builtin import cache_root
-
             name, split = BUILTIN_DATA[item]
             paths = _BUILTINS[name][1](cache_root() / "data" / name, overwrite=False)
             resolved.append(str(paths[split]))

@@ -31,11 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from rl_trainer.cache import cache_root
 from rl_trainer.errors import UserError
 
 BUILTIN_PREFIX = "builtin:"
 CACHE_VERSION = "v1"
-DEFAULT_CACHE = Path("~/.cache/rl_trainer")
 # Written last into a finished build; a directory without it is not a usable model.
 COMPLETE_MARKER = "builtin_model.json"
 # Temporary build directories older than this are left-overs of a killed build and are removed.
@@ -75,11 +75,6 @@ TINY_DIGITS = dict(
     max_position_embeddings=64,
     tie_word_embeddings=True,
 )
-
-
-def cache_root() -> Path:
-    """`$RL_TRAINER_CACHE`, else ~/.cache/rl_trainer (expanded, absolute)."""
-    return Path(os.environ.get("RL_TRAINER_CACHE") or DEFAULT_CACHE).expanduser().absolute()
 
 
 def resolve_model_path(path: str, seed: int = 0) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
+from rl_trainer.cache import cache_root
 from rl_trainer.data.gsm8k import BUNDLED_DIR
 from rl_trainer.errors import UserError
 from rl_trainer.models import builtin
@@ -97,7 +98,7 @@ def test_resolve_model_path(builtin_cache, builtin_model_dir, monkeypatch, capsy
 def test_default_cache_root(monkeypatch, tmp_path):
     monkeypatch.delenv("RL_TRAINER_CACHE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert builtin.cache_root() == tmp_path / ".cache" / "rl_trainer"
+    assert cache_root() == tmp_path / ".cache" / "rl_trainer"
 
 
 def test_unknown_builtin_lists_the_known_ones():

@@ -1,4 +1,4 @@
-"""`python -m rl_trainer.bench [--steps 7] [--model DIR] [--baseline] [overrides...]`: the standard workload.
+"""`python -m rl_trainer.tools.bench [--steps 7] [--model DIR] [--baseline] [overrides...]`: the standard workload.
 
 The standard workload (docs/performance.md; keep it exact, numbers elsewhere are measured against it):
 
@@ -134,7 +134,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rl_trainer.bench", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m rl_trainer.tools.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=7, help="training steps (default 7; the first is warm-up)")
     parser.add_argument("--model", help="a Hugging Face model directory of the standard workload's kind")

@@ -1,4 +1,4 @@
-"""`python -m rl_trainer.plot`: PNG output, labels from the differing config keys, sweep expansion, panel choice,
+"""`python -m rl_trainer.tools.plot`: PNG output, labels from the differing config keys, sweep expansion, panel choice,
 and one-line errors, on run directories written the way the trainer and Hydra write them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rl_trainer.errors import UserError
-from rl_trainer.plot import expand_run_dirs, load_series, plot_runs, run_labels, select_metrics, short_keys
+from rl_trainer.tools.plot import expand_run_dirs, load_series, plot_runs, run_labels, select_metrics, short_keys
 from rl_trainer.tracking import Tracking
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +71,7 @@ def make_run(run_dir: Path, overrides: list[str] | None = None, config: dict | N
 
 
 def plot_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rl_trainer.plot", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rl_trainer.tools.plot", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60)
 
 

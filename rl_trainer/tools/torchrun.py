@@ -1,4 +1,4 @@
-"""The worker classes without Ray or Hydra: `torchrun --nproc-per-node N -m rl_trainer.distributed.torchrun ...`.
+"""The worker classes without Ray or Hydra: `torchrun --nproc-per-node N -m rl_trainer.tools.torchrun ...`.
 
 For machines that have torch and transformers but not the rest of the stack (a GPU box without Ray): every
 process is one rank of the same `ActorRolloutRefWorker` the Ray worker group starts, in its own torch.distributed
@@ -7,8 +7,8 @@ own prompts, generates rollout.n responses per prompt (so every GRPO group lives
 are exact), scores them, computes old and reference log-probs, and runs the PPO update, in which FSDP reduces the
 gradients over all ranks. Rank 0 prints each step's phases, tokens/s and the update's model-FLOPs utilisation.
 
-    torchrun --nproc-per-node 8 -m rl_trainer.distributed.torchrun --model DIR --steps 5 [config overrides]
-    torchrun --nproc-per-node 1 -m rl_trainer.distributed.torchrun --shape qwen2.5-0.5b --peak-tflops 790
+    torchrun --nproc-per-node 8 -m rl_trainer.tools.torchrun --model DIR --steps 5 [config overrides]
+    torchrun --nproc-per-node 1 -m rl_trainer.tools.torchrun --shape qwen2.5-0.5b --peak-tflops 790
 
 Needs torch, transformers and omegaconf (pure Python); no Ray, Hydra, datasets or vLLM. The prompts are random
 token ids of `--prompt-length` and the reward a rule on the first response token (1 when its id is even): the

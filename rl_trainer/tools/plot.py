@@ -1,12 +1,12 @@
-"""`python -m rl_trainer.plot RUN_DIR... [--metrics M ...] [--out FILE.png]`: runs' training curves side by side.
+"""`python -m rl_trainer.tools.plot RUN_DIR... [--metrics M ...] [--out FILE.png]`: runs' training curves side by side.
 
 One subplot per metric, one line per run (the same colour in every subplot), x = training step. A metric is drawn
 only at the steps that logged it (validation: step 0 and every `trainer.test_freq` steps); NaN and infinite values
 are gaps.
 
-    python -m rl_trainer.plot outputs/2026-11-24/10-00-00-gsm8k_grpo             # -> that run's plot.png
-    python -m rl_trainer.plot multirun/2026-11-24/10-00-00                         # a sweep: every run in it
-    python -m rl_trainer.plot RUN_A RUN_B --metrics 'critic/score/*' actor/entropy --out cmp.png
+    python -m rl_trainer.tools.plot outputs/2026-11-24/10-00-00-gsm8k_grpo             # -> that run's plot.png
+    python -m rl_trainer.tools.plot multirun/2026-11-24/10-00-00                         # a sweep: every run in it
+    python -m rl_trainer.tools.plot RUN_A RUN_B --metrics 'critic/score/*' actor/entropy --out cmp.png
 
 RUN_DIR is a directory `python -m rl_trainer.main` wrote (it holds `metrics.jsonl`), or a Hydra multirun sweep
 directory, which stands for its subdirectories that hold one (in natural order: 0, 1, ..., 10).
@@ -335,7 +335,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, metrics
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rl_trainer.plot", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m rl_trainer.tools.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="a run directory (holds metrics.jsonl) or a Hydra multirun sweep directory")

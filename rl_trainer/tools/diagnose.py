@@ -1,4 +1,4 @@
-"""`python -m rl_trainer.diagnose [overrides]`: what to paste into a bug report.
+"""`python -m rl_trainer.tools.diagnose [overrides]`: what to paste into a bug report.
 
 Versions, devices, CPU/GPU counts, the Ray cluster (when RAY_ADDRESS points at one), and the batch arithmetic
 of the config that the same overrides would give `python -m rl_trainer.main`.

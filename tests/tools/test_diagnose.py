@@ -1,4 +1,4 @@
-"""`python -m rl_trainer.diagnose`: versions, devices, Ray cluster and the config's batch arithmetic."""
+"""`python -m rl_trainer.tools.diagnose`: versions, devices, Ray cluster and the config's batch arithmetic."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 
 def diagnose(*overrides: str, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "rl_trainer.diagnose", *overrides], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "rl_trainer.tools.diagnose", *overrides], capture_output=True, text=True,
                           timeout=120, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

@@ -21,7 +21,7 @@ def test_two_ranks_train_grpo_under_torchrun_without_ray_or_hydra(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocked), str(REPO)]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "rl_trainer.distributed.torchrun", "--steps", "2", "--prompts-per-rank", "2", "--prompt-length", "12",
+         "-m", "rl_trainer.tools.torchrun", "--steps", "2", "--prompts-per-rank", "2", "--prompt-length", "12",
          "data.max_response_length=8", "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.actor.use_kl_loss=true",
          "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
          "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",

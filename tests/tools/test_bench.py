@@ -1,4 +1,4 @@
-"""`python -m rl_trainer.bench`: the standard workload through the real CLI, two steps (a smoke test: the
+"""`python -m rl_trainer.tools.bench`: the standard workload through the real CLI, two steps (a smoke test: the
 figures are printed and consistent; no timing is asserted)."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import sys
 import pytest
 
 from helpers import REPO
-from rl_trainer.bench import STANDARD_WORKLOAD, command
+from rl_trainer.tools.bench import STANDARD_WORKLOAD, command
 
 pytestmark = pytest.mark.slow
 
 
 def test_benchmark_runs_the_standard_workload_and_prints_its_figures(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "rl_trainer.bench", "--steps", "2", "--run-dir", str(tmp_path / "run"),
+        [sys.executable, "-m", "rl_trainer.tools.bench", "--steps", "2", "--run-dir", str(tmp_path / "run"),
          "--json", str(tmp_path / "summary.json")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
