@@ -12,13 +12,17 @@ and columns share the first dimension (rows = sequences). Keys used by the train
       response_mask      1 on generated tokens (up to EOS)       (bs, R)
       rollout_log_probs  log-probs from the rollout engine       (bs, R)   (when it provides them)
       old_log_probs      actor log-probs before the update       (bs, R)
+      entropys           per-token entropy of the actor's policy (bs, R)   (with old_log_probs)
       ref_log_prob       reference-model log-probs               (bs, R)
       values             critic values                           (bs, R)
       token_level_scores reward-function scores (last token)     (bs, R)
       token_level_rewards scores minus KL penalty, if any        (bs, R)
       advantages, returns                                        (bs, R)
     non_tensors (numpy object arrays of length bs)
-      uid, data_source, ground_truth, extra_info, index
+      uid            one id per prompt, shared by its rollout.n responses (the group of GRPO/RLOO/...)
+      data_source, ground_truth, extra_info, index   from the parquet row (verl's schema)
+      raw_prompt     the row's chat messages, as in the parquet
+      finish_reason  "stop" (EOS) or "length" (rollout.response_length), per response (vLLM rollout)
     meta: dict of plain values (e.g. {"temperature": 1.0, "validate": False})
 
 A tensor-dict library (tensordict) would do this too; this stays a ~100-line class because every Ray

@@ -9,6 +9,8 @@ own the models. It never touches a model: it moves `Batch`es between worker grou
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import uuid
 from collections import defaultdict
@@ -75,21 +77,19 @@ class PPOTrainer:
         is_last = step >= self.total_steps
         timing: dict[str, float] = {}
         metrics: dict[str, float] = {}
+        phase = functools.partial(_phase, step=step, timing=timing)
         with timed("step", timing):
             # One uid per prompt, shared by its rollout.n responses: the group id of GRPO/RLOO/...
             prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
             batch = prompts.repeat(cfg.actor_rollout_ref.rollout.n, interleave=True)
-            fault_point("gen", step)
-            with timed("gen", timing):
+            with phase("gen"):
                 batch = self.actor.dispatch("generate_sequences", _generation_inputs(batch))
-            fault_point("reward", step)
-            with timed("reward", timing):
+            with phase("reward"):
                 scored = self._score(batch)
                 batch["token_level_scores"] = scored.token_level_scores
                 metrics.update(_extra_reward_metrics(scored.reward_extra_info))
-            fault_point("old_log_prob", step)
             if cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
-                with timed("old_log_prob", timing):
+                with phase("old_log_prob"):
                     batch.update(self.actor.dispatch("compute_log_prob", batch))
                     metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
                 if "rollout_log_probs" in batch:  # weight-sync check; the update measures it when it reuses its forward
@@ -97,30 +97,29 @@ class PPOTrainer:
                         batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"])))
                     self._check_probs_diff(metrics)
             if self.use_ref:
-                with timed("ref", timing):
+                with phase("ref"):
                     batch.update(self.actor.dispatch("compute_ref_log_prob", batch))
             if self.critic is not None:
-                with timed("values", timing):
+                with phase("values"):
                     batch.update(self.critic.dispatch("compute_values", batch))
-            with timed("adv", timing):
+            with phase("adv"):
                 self._compute_advantages(batch, metrics)
             if cfg.trainer.rollout_data_dir:
-                with timed("dump_rollout_generations", timing):
+                with phase("dump_rollout_generations"):
                     records = generation_records(batch, self.tokenizer, step, scored.reward_extra_info)
                     write_step_jsonl(cfg.trainer.rollout_data_dir, step, records, key="trainer.rollout_data_dir")
             if self.critic is not None:
-                with timed("update_critic", timing):
+                with phase("update_critic"):
                     metrics.update(self.critic.dispatch_metrics("update_critic", batch))
             if step > cfg.trainer.critic_warmup:
-                fault_point("update_actor", step)
-                with timed("update_actor", timing):
+                with phase("update_actor"):
                     metrics.update(self.actor.dispatch_metrics("update_actor", batch))
                 self._check_probs_diff(metrics)
             if self.val_loader is not None and cfg.trainer.test_freq > 0 and (is_last or step % cfg.trainer.test_freq == 0):
-                with timed("testing", timing):
+                with phase("testing"):
                     metrics.update(self.validate())
             if cfg.trainer.save_freq > 0 and (is_last or step % cfg.trainer.save_freq == 0):
-                with timed("save_checkpoint", timing):
+                with phase("save_checkpoint"):
                     self.save_checkpoint()
         metrics.update(compute_data_metrics(batch, use_critic=self.critic is not None))
         metrics.update(compute_timing_metrics(timing, batch))
@@ -233,6 +232,15 @@ class PPOTrainer:
         self.global_step = int(state["global_step"])
         self.kl_ctrl.value = state["kl_coef"]
         self.tracker.truncate_after(self.global_step)
+
+
+@contextlib.contextmanager
+def _phase(name: str, *, step: int, timing: dict[str, float]):
+    """One phase of a step: its fault-injection point (`RL_TRAINER_FAULT=<name>@<step>` kills the driver just
+    before it), then the phase timed into timing_s/<name>."""
+    fault_point(name, step)
+    with timed(name, timing):
+        yield
 
 
 def _generation_inputs(batch: Batch) -> Batch:

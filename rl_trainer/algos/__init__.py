@@ -4,6 +4,7 @@ Names, signatures and numbers follow verl 0.9.1's `verl/trainer/ppo/core_algos.p
 there applies here. Nothing in this package imports Ray, transformers or the trainer.
 """
 
+from rl_trainer.algos.actor_loss import compute_actor_loss
 from rl_trainer.algos.advantages import (
     compute_gae_advantage_return,
     compute_gpg_outcome_advantage,
@@ -54,6 +55,7 @@ __all__ = [
     "agg_loss",
     "apply_kl_penalty",
     "clip_by_value",
+    "compute_actor_loss",
     "compute_advantage",
     "compute_entropy_loss",
     "compute_gae_advantage_return",

@@ -66,16 +66,7 @@ class RLHFDataset:
             raise UserError(f"data.truncation={truncation!r} is not one of {', '.join(TRUNCATION_MODES)}")
         if max_prompt_length < 1:
             raise UserError(f"data.max_prompt_length={max_prompt_length} must be a positive number of tokens")
-        if getattr(tokenizer, "chat_template", None) is None:
-            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-            raise UserError(
-                f"tokenizer {name} has no chat template; use a chat/instruct model or set tokenizer.chat_template"
-            )
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if self.pad_token_id is None:
-            raise UserError(
-                f"tokenizer {tokenizer.name_or_path} has neither a pad nor an EOS token; set tokenizer.pad_token"
-            )
+        self.pad_token_id = _pad_token_id(tokenizer)
         self.tokenizer = tokenizer
         self.prompt_key = prompt_key
         self.max_prompt_length = max_prompt_length
@@ -89,12 +80,7 @@ class RLHFDataset:
         where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} more)"
 
         num_rows = len(origins)
-        rows = np.arange(num_rows)
-        if 0 < max_samples < num_rows:
-            if shuffle:
-                rows = np.random.default_rng(seed).choice(num_rows, size=max_samples, replace=False)
-            else:
-                rows = rows[:max_samples]
+        rows = _sample_rows(num_rows, max_samples, shuffle, seed)
         messages = table[prompt_key]
         messages = [messages[i] for i in rows] if len(rows) < num_rows else messages
 
@@ -102,25 +88,8 @@ class RLHFDataset:
         token_ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
         lengths = np.array([len(ids) for ids in token_ids])
 
-        if filter_overlong_prompts:
-            keep = np.flatnonzero(lengths <= max_prompt_length)
-            if len(keep) == 0:
-                raise UserError(
-                    f"all {len(lengths)} prompts of {where} are longer than data.max_prompt_length={max_prompt_length} "
-                    f"tokens (shortest {lengths.min()}, longest {lengths.max()}); raise data.max_prompt_length"
-                )
-        else:
-            keep = np.arange(len(lengths))
-            overlong = np.flatnonzero(lengths > max_prompt_length)
-            if truncation == "error" and len(overlong):
-                first = overlong[0]
-                file, row = origins[rows[first]]
-                raise UserError(
-                    f"{file} row {row}: prompt is {lengths[first]} tokens > data.max_prompt_length={max_prompt_length} "
-                    f"with data.truncation=error; raise data.max_prompt_length, set data.filter_overlong_prompts=True, "
-                    f"or set data.truncation to left/right/middle"
-                )
-
+        keep = _kept_prompts(lengths, max_prompt_length, filter_overlong_prompts, truncation, where,
+                             lambda i: origins[rows[i]])
         self.rows = rows[keep]  # positions in the concatenated files
         self.prompt_ids = [_truncate(token_ids[i], max_prompt_length, truncation) for i in keep]
         self.raw_prompts = [messages[i] for i in keep]
@@ -304,6 +273,55 @@ def _row_index(extra_info: Any, row: int) -> Any:
     index = extra_info.get("index") if isinstance(extra_info, dict) else None
     return row if index is None else index
 
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    """The id prompts are left-padded with (pad, else EOS); the tokenizer must have a chat template."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise UserError(
+            f"tokenizer {name} has no chat template; use a chat/instruct model or set tokenizer.chat_template"
+        )
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_token_id is None:
+        raise UserError(
+            f"tokenizer {tokenizer.name_or_path} has neither a pad nor an EOS token; set tokenizer.pad_token"
+        )
+    return pad_token_id
+
+
+def _sample_rows(num_rows: int, max_samples: int, shuffle: bool, seed: int | None) -> np.ndarray:
+    """The rows kept by max_samples: all, the first ones, or (shuffle) a subset drawn with default_rng(seed)."""
+    rows = np.arange(num_rows)
+    if 0 < max_samples < num_rows:
+        if shuffle:
+            return np.random.default_rng(seed).choice(num_rows, size=max_samples, replace=False)
+        return rows[:max_samples]
+    return rows
+
+
+def _kept_prompts(lengths: np.ndarray, max_prompt_length: int, filter_overlong: bool, truncation: str, where: str,
+                  origin) -> np.ndarray:
+    """Positions of the prompts kept: those within max_prompt_length (filter_overlong), else all; an overlong
+    prompt with truncation=error is a UserError naming its file and row (`origin(i)` -> (file, row))."""
+    if filter_overlong:
+        keep = np.flatnonzero(lengths <= max_prompt_length)
+        if len(keep) == 0:
+            raise UserError(
+                f"all {len(lengths)} prompts of {where} are longer than data.max_prompt_length={max_prompt_length} "
+                f"tokens (shortest {lengths.min()}, longest {lengths.max()}); raise data.max_prompt_length"
+            )
+        return keep
+    overlong = np.flatnonzero(lengths > max_prompt_length)
+    if truncation == "error" and len(overlong):
+        first = overlong[0]
+        file, row = origin(first)
+        raise UserError(
+            f"{file} row {row}: prompt is {lengths[first]} tokens > data.max_prompt_length={max_prompt_length} "
+            f"with data.truncation=error; raise data.max_prompt_length, set data.filter_overlong_prompts=True, "
+            f"or set data.truncation to left/right/middle"
+        )
+    return np.arange(len(lengths))
 
 def _truncate(ids: list[int], max_length: int, truncation: str) -> list[int]:
     if len(ids) <= max_length:

@@ -55,19 +55,13 @@ def compute_token_level_scores(
     Unlike verl, "score" itself is not repeated there, and a key missing from some rows is a `UserError`
     (verl would silently return lists shorter than the batch).
     """
-    batch_size = responses.shape[0]
-    if response_mask.shape != responses.shape:
-        raise ValueError(f"response_mask {tuple(response_mask.shape)} and responses {tuple(responses.shape)} differ")
-    columns = {"data_sources": data_sources, "ground_truths": ground_truths, "extra_infos": extra_infos}
-    for name, column in columns.items():
-        if column is not None and len(column) != batch_size:
-            raise ValueError(f"{name} has {len(column)} entries for a batch of {batch_size} responses")
-
+    _check_columns(responses, response_mask, data_sources=data_sources, ground_truths=ground_truths,
+                   extra_infos=extra_infos)
     score_fn = compute_score or default_compute_score
     scores = torch.zeros(responses.shape, dtype=torch.float32, device=responses.device)
     extra: dict[str, list[Any]] = {}
     valid_lengths = response_mask.sum(dim=-1).tolist()
-    for i in range(batch_size):
+    for i in range(responses.shape[0]):
         valid_length = int(valid_lengths[i])
         text = tokenizer.decode(responses[i, :valid_length].tolist(), skip_special_tokens=True)
         extra_info = dict(extra_infos[i] or {}) if extra_infos is not None else {}
@@ -82,11 +76,22 @@ def compute_token_level_scores(
         else:
             reward = result
         scores[i, valid_length - 1] = reward  # valid_length 0 -> index -1: verl's behaviour, see docstring
+    _check_extra_complete(extra, responses.shape[0])
+    return RewardOutput(scores, extra)
 
+
+def _check_columns(responses: torch.Tensor, response_mask: torch.Tensor, **columns: Sequence | None) -> None:
+    if response_mask.shape != responses.shape:
+        raise ValueError(f"response_mask {tuple(response_mask.shape)} and responses {tuple(responses.shape)} differ")
+    for name, column in columns.items():
+        if column is not None and len(column) != responses.shape[0]:
+            raise ValueError(f"{name} has {len(column)} entries for a batch of {responses.shape[0]} responses")
+
+
+def _check_extra_complete(extra: dict[str, list[Any]], batch_size: int) -> None:
     for key, values in extra.items():
         if len(values) != batch_size:
             raise UserError(
                 f"reward function returned key {key!r} for {len(values)} of {batch_size} responses; "
                 f"return the same dict keys for every response"
             )
-    return RewardOutput(scores, extra)

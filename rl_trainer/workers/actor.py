@@ -12,12 +12,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rl_trainer.algos import agg_loss, entropy_from_logits, get_policy_loss_fn, kl_penalty
+from rl_trainer.algos import compute_actor_loss, entropy_from_logits
 from rl_trainer.batch import Batch
 from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
-                                       mini_batches)
+from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, micro_batches
 from rl_trainer.workers.forward import pad_responses, response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
 from rl_trainer.workers.rollout import SamplingParams, build_rollout
@@ -107,11 +106,8 @@ class ActorRolloutRefWorker(WorkerBase):
 
     # ------------------------------------------------------------------------------------------- update
     def update_actor(self, batch: Batch) -> dict[str, float]:
-        """PPO epochs over this rank's rows: mini-batches -> micro-batches with gradient accumulation.
-
-        Each micro-batch's loss is normalised by the whole mini-batch across ranks (global token count or
-        sequence count, times world size; verl's global_batch_info), so gradients equal a single-process
-        full-mini-batch update, whatever the micro-batch size or world size.
+        """PPO epochs over this rank's rows (the shared skeleton, WorkerBase.ppo_update) with the actor loss
+        (rl_trainer.algos.compute_actor_loss: policy loss + entropy bonus + KL loss) on each micro-batch.
 
         With actor.recompute_old_log_prob=false (allowed only for an on-policy update: one epoch, one mini-batch)
         the batch has no old_log_probs: they are this forward's log-probs, detached (verl's on_policy branch),
@@ -119,75 +115,42 @@ class ActorRolloutRefWorker(WorkerBase):
         actor/entropy, which that pass would have.
         """
         actor_cfg = self.config.actor_rollout_ref.actor
-        n = self.config.actor_rollout_ref.rollout.n
-        mini_size = actor_cfg.ppo_mini_batch_size * n // self.world_size
         temperature = self.config.actor_rollout_ref.rollout.temperature
         share = self.config.actor_rollout_ref.model.share_prompt_prefix
         reuse_forward = not actor_cfg.recompute_old_log_prob
-        model = self.actor.model
-        model.train()
-        policy_loss = get_policy_loss_fn(actor_cfg.policy_loss.loss_mode)
-        metrics = MetricSums()
-        entropy_sum = entropy_count = 0.0
+        loss_kwargs = dict(
+            loss_mode=actor_cfg.policy_loss.loss_mode, loss_agg_mode=actor_cfg.loss_agg_mode,
+            clip_ratio_low=actor_cfg.clip_ratio_low, clip_ratio_high=actor_cfg.clip_ratio_high,
+            clip_ratio_c=actor_cfg.clip_ratio_c, entropy_coeff=actor_cfg.entropy_coeff,
+            use_kl_loss=actor_cfg.use_kl_loss, kl_loss_coef=actor_cfg.kl_loss_coef, kl_loss_type=actor_cfg.kl_loss_type)
+        entropy_sums = [0.0, 0.0]  # sum of entropy * mask, of mask: actor/entropy when the forward stands in
         diff_sums = []  # the weight-sync check, when the update's forward stands in for old_log_probs
-        for epoch in range(actor_cfg.ppo_epochs):
-            seed = self.config.trainer.seed + epoch
-            for mini in mini_batches(batch, mini_size, actor_cfg.shuffle, seed):
-                agg = self.global_batch_info(mini, mini_size, loss_scale_factor=actor_cfg.loss_scale_factor)
-                sums = {"pg_loss": 0.0, "kl_loss": 0.0, "entropy_loss": 0.0}
-                loss_finite = True
-                micros = micro_batches(mini, actor_cfg.ppo_micro_batch_size_per_gpu)
-                for i, mb in enumerate(micros):
-                    model.set_requires_gradient_sync(i == len(micros) - 1)
-                    mask = mb.tensors["response_mask"].to(self.device)
-                    log_prob, entropy = response_log_probs(
-                        model, mb, self.device, temperature, share_prompts=share,
-                        with_entropy=actor_cfg.entropy_coeff != 0 or reuse_forward,
-                        entropy_grad=actor_cfg.entropy_coeff != 0)
-                    if reuse_forward:
-                        old_log_prob = log_prob.detach()
-                        entropy_sum += (entropy.detach() * mask).sum().item()
-                        entropy_count += mask.sum().item()
-                        if "rollout_log_probs" in mb:
-                            diff_sums.append(probs_diff_sums(old_log_prob.cpu(), mb.tensors["rollout_log_probs"],
-                                                             mask.cpu()))
-                    else:
-                        old_log_prob = mb.tensors["old_log_probs"].to(self.device)
-                    pg_loss, clipfrac, ppo_kl, clipfrac_lower = policy_loss(
-                        old_log_prob, log_prob, mb.tensors["advantages"].to(self.device),
-                        mask, clip_ratio_low=actor_cfg.clip_ratio_low, clip_ratio_high=actor_cfg.clip_ratio_high,
-                        clip_ratio_c=actor_cfg.clip_ratio_c, loss_agg_mode=actor_cfg.loss_agg_mode, **agg,
-                    )
-                    loss = pg_loss
-                    sums["pg_loss"] += pg_loss.item()
-                    if actor_cfg.entropy_coeff != 0:
-                        entropy_loss = agg_loss(entropy, mask, actor_cfg.loss_agg_mode, **agg)
-                        loss = loss - actor_cfg.entropy_coeff * entropy_loss
-                        sums["entropy_loss"] += entropy_loss.item()
-                    if actor_cfg.use_kl_loss:
-                        kld = kl_penalty(log_prob, mb.tensors["ref_log_prob"].to(self.device), actor_cfg.kl_loss_type)
-                        kl_loss = agg_loss(kld, mask, actor_cfg.loss_agg_mode, **agg)
-                        loss = loss + actor_cfg.kl_loss_coef * kl_loss
-                        sums["kl_loss"] += kl_loss.item()
-                    loss_finite = loss_finite and bool(torch.isfinite(loss))
-                    loss.backward()
-                    metrics.add(**{"actor/pg_clipfrac": clipfrac, "actor/ppo_kl": ppo_kl,
-                                   "actor/pg_clipfrac_lower": clipfrac_lower})
-                grad_norm, stepped = self.actor.clip_and_step(loss_finite)
-                check_step(stepped, self.config.trainer.nonfinite_grad, "actor", grad_norm)
-                # Per-rank partial losses sum to the mini-batch loss scaled by world size; the rank mean undoes that.
-                metrics.add(**{"actor/pg_loss": sums["pg_loss"], "actor/grad_norm": grad_norm,
-                               "actor/skipped_steps": 0.0 if stepped else 1.0})
-                if actor_cfg.use_kl_loss:
-                    metrics.add(**{"actor/kl_loss": sums["kl_loss"], "actor/kl_coef": actor_cfg.kl_loss_coef})
-                if actor_cfg.entropy_coeff != 0:
-                    metrics.add(**{"actor/entropy_loss": sums["entropy_loss"]})
-        lr = self.actor.lr
-        self.actor.scheduler.step()
-        out = metrics.reduce(self.device)
-        out["actor/lr"] = lr
+
+        def micro_loss(mb: Batch, agg: dict):
+            mask = mb.tensors["response_mask"].to(self.device)
+            log_prob, entropy = response_log_probs(
+                self.actor.model, mb, self.device, temperature, share_prompts=share,
+                with_entropy=actor_cfg.entropy_coeff != 0 or reuse_forward, entropy_grad=actor_cfg.entropy_coeff != 0)
+            if reuse_forward:
+                old_log_prob = log_prob.detach()
+                entropy_sums[0] += (entropy.detach() * mask).sum().item()
+                entropy_sums[1] += mask.sum().item()
+                if "rollout_log_probs" in mb:
+                    diff_sums.append(probs_diff_sums(old_log_prob.cpu(), mb.tensors["rollout_log_probs"], mask.cpu()))
+            else:
+                old_log_prob = mb.tensors["old_log_probs"].to(self.device)
+            ref = mb.tensors["ref_log_prob"].to(self.device) if actor_cfg.use_kl_loss else None
+            loss, terms = compute_actor_loss(old_log_prob, log_prob, mb.tensors["advantages"].to(self.device), mask,
+                                             entropy=entropy, ref_log_prob=ref, **loss_kwargs, **agg)
+            # The loss terms are per-rank shares of the mini-batch loss: summed over micro-batches (the rank mean of
+            # the world-size-scaled shares is the mini-batch loss); the ratios are averaged.
+            summed = {f"actor/{k}": terms.pop(k) for k in ("pg_loss", "entropy_loss", "kl_loss") if k in terms}
+            return loss, {f"actor/{k}": v for k, v in terms.items()}, summed
+
+        out = self.ppo_update("actor", batch, actor_cfg, micro_loss, loss_scale_factor=actor_cfg.loss_scale_factor)
         if reuse_forward:  # token mean over the whole batch, as the driver computes it from a separate pass
-            out["actor/entropy"] = fsdp.global_sum(entropy_sum, self.device) / fsdp.global_sum(entropy_count, self.device)
+            out["actor/entropy"] = (fsdp.global_sum(entropy_sums[0], self.device)
+                                    / fsdp.global_sum(entropy_sums[1], self.device))
         if diff_sums:
             out.update(probs_diff_metrics(fsdp.all_reduce_sums_and_max(torch.stack(diff_sums), self.device)))
         return out

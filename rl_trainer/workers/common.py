@@ -5,8 +5,9 @@ from __future__ import annotations
 import gc
 import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +16,10 @@ from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
 from rl_trainer.metrics import peak_rss_bytes
 from rl_trainer.workers import fsdp
+
+
+# One micro-batch's part of an update: (micro_batch, agg_loss normalisers) -> (loss, averaged metrics, summed metrics).
+MicroLoss = Callable[[Batch, dict], tuple[torch.Tensor, dict[str, Any], dict[str, Any]]]
 
 
 class WorkerBase:
@@ -62,6 +67,48 @@ class WorkerBase:
         return dict(dp_size=self.world_size, global_batch_size=mini_size * self.world_size,
                     batch_num_tokens=fsdp.global_sum(mini.tensors["response_mask"].sum().item(), self.device), **extra)
 
+    def ppo_update(self, role: str, batch: Batch, section: DictConfig, micro_loss: MicroLoss,
+                   **agg_extra) -> dict[str, float]:
+        """The PPO update skeleton the actor and the critic share: epochs -> mini-batches -> micro-batches.
+
+        For each of `section.ppo_epochs` epochs over this rank's rows, split into mini-batches of
+        ppo_mini_batch_size * rollout.n / world_size rows (shuffled when `section.shuffle`), each an optimizer step:
+        gradients accumulate over its micro-batches of ppo_micro_batch_size_per_gpu rows (only the last one
+        synchronises them across ranks); `micro_loss(micro_batch, agg)` returns (loss, metrics, summed): `agg` holds
+        the global-batch normalisers (global_batch_info), so each micro-batch loss is already its share of the
+        mini-batch loss and no accumulation scaling is needed; `metrics` are averaged over micro-batches, `summed`
+        summed over a mini-batch's micro-batches (its share of the loss) and then averaged over mini-batches. Then
+        grad clip, a skipped step on a non-finite loss or gradient norm (trainer.nonfinite_grad), and one LR
+        scheduler step for the whole update. Metrics are averaged over ranks; `<role>/lr` is the LR it used.
+        """
+        state = self.train_state
+        mini_size = section.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n // self.world_size
+        state.model.train()
+        metrics = MetricSums()
+        update = state.scheduler.last_epoch  # updates so far: restored with the scheduler on resume
+        for epoch in range(section.ppo_epochs):
+            for mini in mini_batches(batch, mini_size, section.shuffle, self.config.trainer.seed, update, epoch):
+                agg = self.global_batch_info(mini, mini_size, **agg_extra)
+                summed: dict[str, float] = defaultdict(float)
+                loss_finite = True
+                micros = micro_batches(mini, section.ppo_micro_batch_size_per_gpu)
+                for i, mb in enumerate(micros):
+                    state.model.set_requires_gradient_sync(i == len(micros) - 1)
+                    loss, micro_metrics, micro_summed = micro_loss(mb, agg)
+                    loss_finite = loss_finite and bool(torch.isfinite(loss))
+                    loss.backward()
+                    metrics.add(**micro_metrics)
+                    for key, value in micro_summed.items():
+                        summed[key] += float(value)
+                grad_norm, stepped = state.clip_and_step(loss_finite)
+                check_step(stepped, self.config.trainer.nonfinite_grad, role, grad_norm)
+                metrics.add(**summed, **{f"{role}/grad_norm": grad_norm, f"{role}/skipped_steps": float(not stepped)})
+        lr = state.lr
+        state.scheduler.step()
+        out = metrics.reduce(self.device)
+        out[f"{role}/lr"] = lr
+        return out
+
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
 
@@ -97,10 +144,15 @@ def micro_batches(batch: Batch, size: int | None) -> list[Batch]:
     return [batch] if not size else batch.split(size)
 
 
-def mini_batches(batch: Batch, size: int, shuffle: bool, seed: int) -> list[Batch]:
-    """The rank-local mini-batches of one PPO epoch (optionally a seeded shuffle of the rows first)."""
+def mini_batches(batch: Batch, size: int, shuffle: bool, seed: int, update: int, epoch: int) -> list[Batch]:
+    """The rank-local mini-batches of one PPO epoch; with `shuffle`, of a permutation of the rows drawn from
+    (seed, update, epoch): a different one at every update and every epoch, the same again after a resume.
+
+    verl 0.9.1 differs knowingly: it seeds its mini-batch loader with `data_loader_seed` at every update, so each
+    step draws the same sequence of permutations."""
     if shuffle:
-        generator = torch.Generator().manual_seed(seed)
+        entropy = np.random.SeedSequence([seed, update, epoch]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(entropy))
         batch = batch.index(torch.randperm(len(batch), generator=generator))
     return batch.split(size)
 

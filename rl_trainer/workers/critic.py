@@ -9,8 +9,7 @@ import torch
 from rl_trainer.algos import compute_value_loss, masked_mean
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import (MetricSums, WorkerBase, check_step, freeze_startup_objects, micro_batches,
-                                       mini_batches)
+from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, micro_batches
 from rl_trainer.workers.forward import pad_responses, unpadded_inputs
 from rl_trainer.workers.loading import load_value_model
 
@@ -52,40 +51,21 @@ class CriticWorker(WorkerBase):
         return Batch({"values": torch.cat(values)})
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
-        """PPO epochs of clipped value regression onto the returns, normalised over the global mini-batch."""
+        """PPO epochs of clipped value regression onto the returns (the shared skeleton, WorkerBase.ppo_update),
+        normalised over the global mini-batch."""
         cfg = self.config.critic
-        n = self.config.actor_rollout_ref.rollout.n
-        mini_size = cfg.ppo_mini_batch_size * n // self.world_size
-        model = self.critic.model
-        model.train()
-        metrics = MetricSums()
-        for epoch in range(cfg.ppo_epochs):
-            for mini in mini_batches(batch, mini_size, cfg.shuffle, self.config.trainer.seed + epoch):
-                agg = self.global_batch_info(mini, mini_size)
-                vf_loss_sum = 0.0
-                loss_finite = True
-                micros = micro_batches(mini, cfg.ppo_micro_batch_size_per_gpu)
-                for i, mb in enumerate(micros):
-                    model.set_requires_gradient_sync(i == len(micros) - 1)
-                    mask = mb.tensors["response_mask"].to(self.device)
-                    vpreds = response_values(model, mb, self.device)
-                    vf_loss, vf_clipfrac = compute_value_loss(
-                        vpreds, mb.tensors["returns"].to(self.device), mb.tensors["values"].to(self.device), mask,
-                        cfg.cliprange_value, loss_agg_mode=cfg.loss_agg_mode, **agg,
-                    )
-                    loss_finite = loss_finite and bool(torch.isfinite(vf_loss))
-                    vf_loss.backward()
-                    vf_loss_sum += vf_loss.item()
-                    metrics.add(**{"critic/vf_clipfrac": vf_clipfrac, "critic/vpred_mean": masked_mean(vpreds, mask)})
-                grad_norm, stepped = self.critic.clip_and_step(loss_finite)
-                check_step(stepped, self.config.trainer.nonfinite_grad, "critic", grad_norm)
-                metrics.add(**{"critic/vf_loss": vf_loss_sum, "critic/grad_norm": grad_norm,
-                               "critic/skipped_steps": 0.0 if stepped else 1.0})
-        lr = self.critic.lr
-        self.critic.scheduler.step()
-        out = metrics.reduce(self.device)
-        out["critic/lr"] = lr
-        return out
+
+        def micro_loss(mb: Batch, agg: dict):
+            mask = mb.tensors["response_mask"].to(self.device)
+            vpreds = response_values(self.critic.model, mb, self.device)
+            vf_loss, vf_clipfrac = compute_value_loss(
+                vpreds, mb.tensors["returns"].to(self.device), mb.tensors["values"].to(self.device), mask,
+                cfg.cliprange_value, loss_agg_mode=cfg.loss_agg_mode, **agg,
+            )
+            metrics = {"critic/vf_clipfrac": vf_clipfrac, "critic/vpred_mean": masked_mean(vpreds, mask)}
+            return vf_loss, metrics, {"critic/vf_loss": vf_loss.detach()}
+
+        return self.ppo_update("critic", batch, cfg, micro_loss)
 
     def save_checkpoint(self, path: str) -> None:
         self.critic.save(Path(path), list(self.config.critic.checkpoint.save_contents), self.rank)

@@ -111,3 +111,30 @@ def test_nonfinite_update_stops_the_run_when_asked(ray_cluster, tiny_models):
     finally:
         group.shutdown()
         pool.release()
+
+
+def test_entropy_coeff_adds_the_entropy_bonus_to_the_update(ray_cluster, tiny_models):
+    # One mini-batch of 8 rows in micro-batches of 2: actor/entropy_loss is the token-mean entropy of the policy
+    # before the step (the sum of the micro-batches' shares), which compute_log_prob measures with the same weights;
+    # the bonus changes the update (different parameters) but not the policy loss measured before it.
+    model_dir = str(tiny_models["qwen2"])
+    batch = fixed_batch(vocab=4096)
+    runs = {}
+    for coeff in (0.0, 0.5):
+        pool = ResourcePool(1, 1, "cpu", 1)
+        config = make_config(model_dir, 1, 2, (f"actor_rollout_ref.actor.entropy_coeff={coeff}",))
+        group = WorkerGroup("test", ActorRolloutRefWorker, pool, config)
+        try:
+            group.call("init_model", model_dir, 10, True)
+            entropys = group.dispatch("compute_log_prob", batch)["entropys"]
+            metrics = group.dispatch_metrics("update_actor", batch)
+            runs[coeff] = (entropys, metrics, group.call("full_params")[0])
+        finally:
+            group.shutdown()
+            pool.release()
+    entropys, metrics, params = runs[0.5]
+    mask = batch["response_mask"].float()
+    assert metrics["actor/entropy_loss"] == pytest.approx(((entropys * mask).sum() / mask.sum()).item(), rel=1e-5)
+    assert "actor/entropy_loss" not in runs[0.0][1]
+    assert metrics["actor/pg_loss"] == pytest.approx(runs[0.0][1]["actor/pg_loss"], rel=1e-6)
+    assert any(not torch.equal(params[name], runs[0.0][2][name]) for name in params)

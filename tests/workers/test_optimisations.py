@@ -192,3 +192,15 @@ def test_three_updates_are_equal_with_every_optimisation_on_and_off(ray_cluster,
         assert (d_on - d_off).norm() <= 1e-3 * d_off.norm() + 1e-9, name
         torch.testing.assert_close(d_on, d_off, rtol=0, atol=2e-5, msg=name)
     assert any(not torch.equal(off_params[name], initial[name]) for name in initial)
+
+
+def test_shuffled_mini_batches_differ_across_updates_and_repeat_on_resume():
+    from rl_trainer.workers.common import mini_batches
+
+    batch = Batch({"x": torch.arange(16)})
+    order = lambda update, epoch: torch.cat([m["x"] for m in mini_batches(batch, 4, True, 7, update, epoch)]).tolist()
+    assert sorted(order(0, 0)) == list(range(16))  # a permutation, split in 4 mini-batches
+    assert order(0, 0) != order(1, 0)  # the next update draws another one (verl re-seeds: the same one)
+    assert order(0, 0) != order(0, 1)  # so does the next epoch
+    assert order(3, 1) == order(3, 1)  # a resumed run (same update count) draws the same again
+    assert [m["x"].tolist() for m in mini_batches(batch, 8, False, 7, 5, 0)] == [list(range(8)), list(range(8, 16))]
