@@ -10,8 +10,10 @@ and columns share the first dimension (rows = sequences). Keys used by the train
       attention_mask     1 on real tokens of input_ids           (bs, P + R)
       position_ids       cumsum(attention_mask) - 1, clipped at 0 (bs, P + R)
       response_mask      1 on generated tokens (up to EOS)       (bs, R)
-      rollout_log_probs  log-probs from the rollout engine       (bs, R)   (when it provides them)
+      rollout_log_probs  log-probs from the rollout engine       (bs, R)   (vLLM when sampling; HF with
+                                                                           rollout.calculate_log_probs)
       old_log_probs      actor log-probs before the update       (bs, R)
+      entropys           per-token entropy of the actor's policy (bs, R)   (with old_log_probs: actor/entropy)
       ref_log_prob       reference-model log-probs               (bs, R)
       values             critic values                           (bs, R)
       token_level_scores reward-function scores (last token)     (bs, R)
@@ -19,6 +21,8 @@ and columns share the first dimension (rows = sequences). Keys used by the train
       advantages, returns                                        (bs, R)
     non_tensors (numpy object arrays of length bs)
       uid, data_source, ground_truth, extra_info, index
+      raw_prompt         the dataset row's chat messages (list of {"role", "content"}), untokenised
+      finish_reason      vLLM's reason a response ended, e.g. "stop" (EOS) or "length" (vLLM rollout only)
     meta: dict of plain values (e.g. {"temperature": 1.0, "validate": False})
 
 A tensor-dict library (tensordict) would do this too; this stays a ~100-line class because every Ray
