@@ -10,7 +10,8 @@ and columns share the first dimension (rows = sequences). Keys used by the train
       attention_mask     1 on real tokens of input_ids           (bs, P + R)
       position_ids       cumsum(attention_mask) - 1, clipped at 0 (bs, P + R)
       response_mask      1 on generated tokens (up to EOS)       (bs, R)
-      rollout_log_probs  log-probs from the rollout engine       (bs, R)   (when it provides them)
+      rollout_log_probs  log-probs from the rollout engine       (bs, R)   (vLLM when sampling; HF with
+                                                                           rollout.calculate_log_probs)
       old_log_probs      actor log-probs before the update       (bs, R)
       entropys           per-token entropy of the actor's policy (bs, R)   (with old_log_probs)
       ref_log_prob       reference-model log-probs               (bs, R)

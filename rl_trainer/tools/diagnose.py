@@ -1,6 +1,7 @@
 """`python -m rl_trainer.tools.diagnose [overrides]`: what to paste into a bug report.
 
-Versions, devices, CPU/GPU counts, the Ray cluster (when RAY_ADDRESS points at one), and the batch arithmetic
+Versions, devices, CPU/GPU counts, the Ray cluster that `python -m rl_trainer.main` would join
+(ray_kwargs.ray_init.address, else RAY_ADDRESS), and the batch arithmetic
 of the config that the same overrides would give `python -m rl_trainer.main`.
 """
 
@@ -10,6 +11,8 @@ import importlib.metadata
 import os
 import platform
 import sys
+
+from omegaconf import DictConfig
 
 PACKAGES = ("rl_trainer", "torch", "transformers", "ray", "vllm", "hydra-core", "omegaconf", "datasets", "pyarrow",
             "wandb", "tokenizers")
@@ -39,34 +42,53 @@ def devices() -> dict[str, str]:
     return out
 
 
-def ray_status() -> dict[str, str]:
-    address = os.environ.get("RAY_ADDRESS")
+def ray_status(cfg: DictConfig | None) -> dict[str, str]:
+    """The cluster `python -m rl_trainer.main` would join with this config: ray_kwargs.ray_init.address, else
+    RAY_ADDRESS (rl_trainer.main.ray_address decides, so the two never disagree)."""
+    if cfg is None:
+        return {"ray": "not checked: the config did not compose (see [config])"}
+    from rl_trainer.main import ray_address
+
+    address = ray_address(cfg)
     if not address:
-        return {"ray": "no cluster configured (RAY_ADDRESS unset): main starts a local one on this machine"}
+        why = ("ray_kwargs.ray_init.address=local" if cfg.ray_kwargs.ray_init.get("address") == "local"
+               else "ray_kwargs.ray_init.address and RAY_ADDRESS unset")
+        return {"ray": f"no cluster to join ({why}): main starts a local one on this machine"}
+    source = "ray_kwargs.ray_init.address" if cfg.ray_kwargs.ray_init.get("address") else "RAY_ADDRESS"
     import ray
 
     try:
         ray.init(address=address, log_to_driver=False)
     except Exception as exc:  # report, don't crash: this is a diagnostic
-        return {"ray": f"cannot connect to RAY_ADDRESS={address}: {type(exc).__name__}: {exc}"}
+        return {"ray": f"cannot connect to {source}={address}: {type(exc).__name__}: {exc}"}
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         total = ray.cluster_resources()
-        return {"ray": f"connected to {address}", "alive_nodes": str(len(nodes)),
+        return {"ray": f"connected to {address} ({source})", "alive_nodes": str(len(nodes)),
                 "resources": ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU", "memory"))}
     finally:
         ray.shutdown()
 
 
-def batch_plan(overrides: list[str]) -> dict[str, str]:
+def compose_config(overrides: list[str]) -> tuple[DictConfig | None, str | None]:
+    """The config `python -m rl_trainer.main` would compose from these overrides, or (None, Hydra's error)."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    from rl_trainer.config import validate_config
-    from rl_trainer.errors import UserError
     from rl_trainer.main import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose("ppo_trainer", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            return compose("ppo_trainer", overrides=overrides), None
+    except (HydraException, OmegaConfBaseException) as exc:  # an unknown key, a bad override: main would refuse it too
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def batch_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+    from rl_trainer.config import validate_config
+    from rl_trainer.errors import UserError
+
     try:
         plan = validate_config(cfg, overrides)
     except UserError as exc:
@@ -87,8 +109,10 @@ def batch_plan(overrides: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    for title, section in (("versions", versions()), ("devices", devices()), ("ray", ray_status()),
-                           ("config", batch_plan(overrides))):
+    cfg, compose_error = compose_config(overrides)
+    config = {"config": f"INVALID: {compose_error}"} if cfg is None else batch_plan(cfg, overrides)
+    for title, section in (("versions", versions()), ("devices", devices()), ("ray", ray_status(cfg)),
+                           ("config", config)):
         print(f"[{title}]")
         for key, value in section.items():
             print(f"  {key}: {value}")

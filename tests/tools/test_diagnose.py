@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rl_trainer.tools.diagnose import compose_config, ray_status
+
 
 def diagnose(*overrides: str, env: dict | None = None) -> str:
     proc = subprocess.run([sys.executable, "-m", "rl_trainer.tools.diagnose", *overrides], capture_output=True, text=True,
@@ -34,6 +36,28 @@ def test_an_invalid_config_is_reported_not_raised():
     assert "config: INVALID: data.train_batch_size=6 is not divisible" in out
 
 
+def test_an_unknown_key_is_reported_not_raised(capsys):
+    from rl_trainer.tools.diagnose import main
+
+    main(["trainer.no_such_key=1"])
+    out = capsys.readouterr().out
+    assert "config: INVALID: ConfigCompositionException" in out and "no_such_key" in out
+    assert "ray: not checked: the config did not compose" in out
+
+
+def test_address_local_wins_over_ray_address_as_in_main(monkeypatch):
+    # main joins nothing for address=local even with RAY_ADDRESS set, so diagnose must not connect either
+    # (port 1 would refuse the connection: a message other than "no cluster to join" would mean it tried).
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    cfg, error = compose_config(["ray_kwargs.ray_init.address=local"])
+    assert error is None
+    assert ray_status(cfg) == {"ray": "no cluster to join (ray_kwargs.ray_init.address=local): main starts a local "
+                                      "one on this machine"}
+    monkeypatch.delenv("RAY_ADDRESS")
+    cfg, _ = compose_config([])
+    assert "ray_kwargs.ray_init.address and RAY_ADDRESS unset" in ray_status(cfg)["ray"]
+
+
 @pytest.mark.slow
 def test_reports_a_running_ray_cluster(tmp_path):
     with socket.socket() as s:
@@ -45,6 +69,9 @@ def test_reports_a_running_ray_cluster(tmp_path):
                     "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=120)
     try:
         out = diagnose(env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
-        assert f"connected to 127.0.0.1:{port}" in out and "alive_nodes: 1" in out and "CPU=1" in out
+        assert f"connected to 127.0.0.1:{port} (RAY_ADDRESS)" in out and "alive_nodes: 1" in out and "CPU=1" in out
+        # The key wins over RAY_ADDRESS, as in main: a RAY_ADDRESS where nothing listens is not looked at.
+        out = diagnose(f"ray_kwargs.ray_init.address=127.0.0.1:{port}", env={"RAY_ADDRESS": "127.0.0.1:1"})
+        assert f"connected to 127.0.0.1:{port} (ray_kwargs.ray_init.address)" in out and "alive_nodes: 1" in out
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
