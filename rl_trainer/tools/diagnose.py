@@ -107,8 +107,17 @@ def batch_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+USAGE = """usage: python -m rl_trainer.tools.diagnose [key=value ...]
+
+Prints versions, devices, the Ray cluster a run would join and the config's batch arithmetic for the given
+overrides (the same ones `python -m rl_trainer.main` takes). Exits 1 when the config is invalid."""
+
+
+def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(USAGE)
+        return 0
     cfg, compose_error = compose_config(overrides)
     config = {"config": f"INVALID: {compose_error}"} if cfg is None else batch_plan(cfg, overrides)
     for title, section in (("versions", versions()), ("devices", devices()), ("ray", ray_status(cfg)),
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{title}]")
         for key, value in section.items():
             print(f"  {key}: {value}")
+    return 1 if str(config.get("config", "")).startswith("INVALID") else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

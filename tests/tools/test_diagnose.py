@@ -13,10 +13,10 @@ import pytest
 from rl_trainer.tools.diagnose import compose_config, ray_status
 
 
-def diagnose(*overrides: str, env: dict | None = None) -> str:
+def diagnose(*overrides: str, env: dict | None = None, returncode: int = 0) -> str:
     proc = subprocess.run([sys.executable, "-m", "rl_trainer.tools.diagnose", *overrides], capture_output=True, text=True,
                           timeout=120, env={**os.environ, **(env or {})})
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == returncode, proc.stderr
     return proc.stdout
 
 
@@ -31,18 +31,26 @@ def test_reports_versions_devices_and_batch_arithmetic():
     assert "4 optimizer step(s) per training step" in out
 
 
-def test_an_invalid_config_is_reported_not_raised():
-    out = diagnose("data.train_batch_size=6")
+def test_an_invalid_config_is_reported_not_raised_and_exits_1():
+    out = diagnose("data.train_batch_size=6", returncode=1)
     assert "config: INVALID: data.train_batch_size=6 is not divisible" in out
+    assert "[versions]" in out  # the rest of the report is still printed
 
 
 def test_an_unknown_key_is_reported_not_raised(capsys):
     from rl_trainer.tools.diagnose import main
 
-    main(["trainer.no_such_key=1"])
+    assert main(["trainer.no_such_key=1"]) == 1
     out = capsys.readouterr().out
     assert "config: INVALID: ConfigCompositionException" in out and "no_such_key" in out
     assert "ray: not checked: the config did not compose" in out
+
+
+def test_help_prints_usage(capsys):
+    from rl_trainer.tools.diagnose import main
+
+    assert main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m rl_trainer.tools.diagnose")
 
 
 def test_address_local_wins_over_ray_address_as_in_main(monkeypatch):
