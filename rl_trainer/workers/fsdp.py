@@ -10,10 +10,10 @@ fp32 gradient reduction (FSDP2 MixedPrecisionPolicy).
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import socket
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,8 +27,6 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from rl_trainer.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "float32": torch.float32}
@@ -159,7 +157,8 @@ def lr_schedule_settings(optim: Any, total_steps: int, key: str = "optim") -> tu
     legacy = getattr(optim, "warmup_style", None)
     if legacy is not None:
         kind, kind_key = legacy, "warmup_style"
-        logger.warning("%s.warmup_style is deprecated in verl; set %s.lr_scheduler_type=%s instead", key, key, legacy)
+        warnings.warn(f"{key}.warmup_style is deprecated in verl; set {key}.lr_scheduler_type={legacy} instead",
+                      FutureWarning, stacklevel=2)
     if kind not in LR_SCHEDULER_TYPES:
         raise UserError(f"{key}.{kind_key}={kind} is not a learning-rate schedule; use one of {list(LR_SCHEDULER_TYPES)}")
     if not 0.0 <= optim.min_lr_ratio <= 1.0:

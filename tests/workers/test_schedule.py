@@ -108,8 +108,11 @@ def test_cosine_equals_verls_formula(warmup, total, num_cycles, min_lr_ratio):
 
 def test_verls_warmup_style_overrides_lr_scheduler_type():
     optim = _optim(lr_scheduler_type="constant", warmup_style="cosine")
-    assert lr_schedule_settings(optim, 4)[0] == "cosine"
-    assert _lrs(optim, total_steps=4, steps=3) == pytest.approx([1.0, (1 + math.sqrt(2) / 2) / 2, 0.5], abs=1e-15)
+    with pytest.warns(FutureWarning, match="optim.warmup_style is deprecated in verl; set optim.lr_scheduler_type=cosine"):
+        assert lr_schedule_settings(optim, 4)[0] == "cosine"
+    with pytest.warns(FutureWarning):
+        lrs = _lrs(optim, total_steps=4, steps=3)
+    assert lrs == pytest.approx([1.0, (1 + math.sqrt(2) / 2) / 2, 0.5], abs=1e-15)
 
 
 def test_scheduler_state_resumes():
@@ -130,7 +133,8 @@ def test_scheduler_state_resumes():
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(lr_scheduler_type="linear"), "actor.optim.lr_scheduler_type=linear is not a learning-rate schedule"),
-    (dict(warmup_style="wsd"), "actor.optim.warmup_style=wsd is not a learning-rate schedule"),
+    pytest.param(dict(warmup_style="wsd"), "actor.optim.warmup_style=wsd is not a learning-rate schedule",
+                 marks=pytest.mark.filterwarnings("ignore:actor.optim.warmup_style is deprecated")),
     (dict(lr_scheduler_type="cosine", min_lr_ratio=1.5), "actor.optim.min_lr_ratio=1.5 must be within [0, 1]"),
 ])
 def test_bad_schedule_is_a_one_line_error(overrides, message):
