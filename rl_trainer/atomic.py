@@ -62,5 +62,5 @@ def publish_dir(tmp_dir: str | os.PathLike, target: str | os.PathLike) -> None:
     that is another writer's equal result or an error; an empty `target` directory is replaced.
     """
     fsync_tree(tmp_dir)
-    os.replace(tmp_dir, target)  # rename(2): for directories, fails on a non-empty target (POSIX)
+    os.rename(tmp_dir, target)
     fsync_path(Path(target).parent)

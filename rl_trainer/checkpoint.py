@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from rl_trainer.atomic import atomic_write, fsync_path, publish_dir
+from rl_trainer.atomic import atomic_write, fsync_path, fsync_tree
 from rl_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -106,14 +106,15 @@ class CheckpointManager:
         if tmp_dir.parent != self.root or not tmp_dir.is_dir():
             raise ValueError(f"{tmp_dir} is not a directory from begin() under {self.root}")
         atomic_write(tmp_dir / COMPLETE_MARKER, lambda tmp: tmp.write_text(f"{step}\n"))
+        fsync_tree(tmp_dir)
 
         final = self.step_dir(step)
         stale = None
         if final.exists():  # e.g. a resumed run saving a step that a killed run had saved too
             stale = self.root / f".global_step_{step}.old-{uuid.uuid4().hex}"
             os.replace(final, stale)
-            fsync_path(self.root)
-        publish_dir(tmp_dir, final)
+        os.replace(tmp_dir, final)
+        fsync_path(self.root)
         # The tracker goes last: until it is rewritten, the previous checkpoint stays the latest.
         atomic_write(self.tracker_path, lambda tmp: tmp.write_text(str(step)))
         if stale is not None:
