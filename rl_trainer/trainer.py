@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -23,8 +24,6 @@ from rl_trainer import checkpoint as ckpt_io
 from rl_trainer.algos import apply_kl_penalty, compute_advantage, get_kl_controller, masked_mean
 from rl_trainer.batch import Batch
 from rl_trainer.checkpoint import CheckpointManager
-from rl_trainer.data.rl_dataset import PromptLoader
-from rl_trainer.distributed import WorkerGroup
 from rl_trainer.dumps import generation_records, write_step_jsonl
 from rl_trainer.errors import UserError
 from rl_trainer.faults import fault_point
@@ -33,15 +32,24 @@ from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics
 from rl_trainer.rewards.manager import compute_token_level_scores
 from rl_trainer.tracking import ProgressBar, Tracking
 
+if TYPE_CHECKING:  # the loop runs on Ray's WorkerGroup or the in-process LocalWorkerGroup; neither Ray nor datasets
+    # is imported here, so the torchrun driver runs this loop where they are not installed
+    from rl_trainer.data.rl_dataset import PromptLoader
+    from rl_trainer.distributed import LocalWorkerGroup, WorkerGroup
+
 log = logging.getLogger(__name__)
 
 GENERATION_INPUTS = ("prompts", "attention_mask", "position_ids")
 
 
 class PPOTrainer:
-    def __init__(self, cfg: DictConfig, *, tokenizer, train_loader: PromptLoader, val_loader: PromptLoader | None,
-                 actor: WorkerGroup, critic: WorkerGroup | None, use_ref: bool, reward_fn, tracker: Tracking,
-                 checkpoints: CheckpointManager, total_steps: int, resume_path: Path | None):
+    def __init__(self, cfg: DictConfig, *, tokenizer, train_loader: PromptLoader | None,
+                 val_loader: PromptLoader | None, actor: WorkerGroup | LocalWorkerGroup,
+                 critic: WorkerGroup | LocalWorkerGroup | None, use_ref: bool, reward_fn, tracker: Tracking | None,
+                 checkpoints: CheckpointManager | None, total_steps: int, resume_path: Path | None):
+        """train_loader, tracker and checkpoints serve fit() and save_checkpoint(); a caller that drives
+        train_step itself (the torchrun driver) may pass None for them and must keep trainer.save_freq off.
+        val_loader: any re-iterable of prompt Batches (validate() only iterates it)."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.actor, self.critic, self.use_ref = actor, critic, use_ref

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -104,3 +105,124 @@ def worker_config(model_dir, workers: int, micro, extra=()) -> dict:
         ])
     validate_config(cfg)
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def loop_config(model_dir, data_dir, tmp_path, extra=(), reward=None):
+    """A checked config (DictConfig) for the Ray-free loop tests: one worker, 2 GSM8K prompts x n=2 per step,
+    6-token responses, 4 training / 2 validation prompts, no checkpoints; `reward`: a custom reward file."""
+    from hydra import compose, initialize_config_dir
+
+    from rl_trainer.config import validate_config
+
+    overrides = [
+        f"actor_rollout_ref.model.path={model_dir}", f"data.train_files={data_dir}/train.parquet",
+        f"data.val_files={data_dir}/test.parquet", "data.train_max_samples=4", "data.val_max_samples=2",
+        "data.train_batch_size=2", "data.max_prompt_length=192", "data.max_response_length=6",
+        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "trainer.n_gpus_per_node=1",
+        "trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1",
+        f"trainer.default_local_dir={tmp_path}/ckpt", *extra,
+    ]
+    if reward is not None:
+        overrides.append(f"custom_reward_function.path={reward}")
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("ppo_trainer", overrides=overrides)
+    validate_config(cfg, overrides)
+    return cfg
+
+
+class RecordingGroup:
+    """A real worker group (Ray's or the in-process one) that also appends (group name, verb, method) to `calls`
+    for every verb it receives, so a test can read the order of the loop's phases."""
+
+    def __init__(self, group, calls: list):
+        self.group, self.calls, self.name, self.world_size = group, calls, group.name, group.world_size
+
+    def call(self, method: str, *args, **kwargs):
+        self.calls.append((self.name, "call", method))
+        return self.group.call(method, *args, **kwargs)
+
+    def dispatch(self, method: str, batch, **kwargs):
+        self.calls.append((self.name, "dispatch", method))
+        return self.group.dispatch(method, batch, **kwargs)
+
+    def dispatch_metrics(self, method: str, batch):
+        self.calls.append((self.name, "dispatch_metrics", method))
+        return self.group.dispatch_metrics(method, batch)
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+
+@contextlib.contextmanager
+def local_trainer(cfg, run_dir: Path, calls: list | None = None):
+    """A `PPOTrainer` for `cfg` (loop_config; its custom reward function, if any) over in-process worker groups (rl_trainer.distributed.LocalWorkerGroup)
+    around real workers: one gloo rank in this process, no Ray. With `calls`, the groups are RecordingGroups writing
+    to it. The process group and the workers end on exit; the torchrun variables it sets are restored."""
+    import socket
+
+    from omegaconf import OmegaConf
+
+    from rl_trainer.checkpoint import CheckpointManager
+    from rl_trainer.config import needs_reference
+    from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
+    from rl_trainer.data.sources import resolve_data_files
+    from rl_trainer.distributed import LocalWorkerGroup
+    from rl_trainer.rewards.custom import get_custom_reward_fn
+    from rl_trainer.tracking import Tracking
+    from rl_trainer.trainer import PPOTrainer
+    from rl_trainer.workers.actor import ActorRolloutRefWorker
+    from rl_trainer.workers.critic import CriticWorker
+    from rl_trainer.workers.loading import load_tokenizer
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data, trainer_cfg = cfg.data, cfg.trainer
+    tokenizer = load_tokenizer(cfg.actor_rollout_ref.model.path)
+
+    def loader(key: str, max_samples: int, shuffle: bool, batch_size: int | None, train: bool) -> PromptLoader:
+        dataset = RLHFDataset(resolve_data_files(data[key], f"data.{key}"), tokenizer, prompt_key=data.prompt_key, max_prompt_length=data.max_prompt_length,
+                              filter_overlong_prompts=data.filter_overlong_prompts, truncation=data.truncation,
+                              max_samples=max_samples, shuffle=shuffle, seed=data.seed)
+        return PromptLoader(dataset, batch_size or len(dataset), shuffle=shuffle, seed=data.seed, drop_last=train)
+
+    train_loader = loader("train_files", data.train_max_samples, data.shuffle, data.train_batch_size, train=True)
+    val_loader = loader("val_files", data.val_max_samples, False, data.val_batch_size, train=False)
+    total_steps = len(train_loader) * trainer_cfg.total_epochs
+    if trainer_cfg.total_training_steps:
+        total_steps = min(total_steps, trainer_cfg.total_training_steps)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    groups, tracker = [], None
+    try:
+        where = dict(rank=0, ranks=1, device="cpu", threads=1)
+        actor = LocalWorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, config, **where)
+        groups.append(actor)
+        critic = LocalWorkerGroup("critic", CriticWorker, config, **where) if cfg.critic.enable else None
+        if critic is not None:
+            groups.insert(0, critic)  # shut down before the actor's group, which formed the process group
+            critic.call("init_model", cfg.critic.model.path, total_steps)
+        use_ref = needs_reference(cfg)
+        actor.call("init_model", cfg.actor_rollout_ref.model.path, total_steps, use_ref)
+        if calls is not None:
+            actor = RecordingGroup(actor, calls)
+            critic = RecordingGroup(critic, calls) if critic is not None else None
+        tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, [], run_dir, config)
+        yield PPOTrainer(cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor,
+                         critic=critic, use_ref=use_ref, reward_fn=get_custom_reward_fn(cfg), tracker=tracker,
+                         checkpoints=CheckpointManager(trainer_cfg.default_local_dir, None), total_steps=total_steps,
+                         resume_path=None)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+        for group in groups:
+            group.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,19 +1,33 @@
-"""The worker classes without Ray or Hydra: `torchrun --nproc-per-node N -m rl_trainer.tools.torchrun ...`.
+"""The training loop without Ray or Hydra: `torchrun --nproc-per-node N -m rl_trainer.tools.torchrun ...`.
 
 For machines that have torch and transformers but not the rest of the stack (a GPU box without Ray): every
-process is one rank of the same `ActorRolloutRefWorker` the Ray worker group starts, in its own torch.distributed
-group (NCCL on CUDA, gloo on CPU, from torchrun's environment), driving itself in SPMD style: each rank draws its
-own prompts, generates rollout.n responses per prompt (so every GRPO group lives on one rank and its advantages
-are exact), scores them, computes old and reference log-probs, and runs the PPO update, in which FSDP reduces the
-gradients over all ranks. Rank 0 prints each step's phases, tokens/s and the update's model-FLOPs utilisation.
+process runs the CLI's driver loop, `PPOTrainer.train_step`, on an in-process worker group
+(rl_trainer.distributed.LocalWorkerGroup) around its own rank of the same `ActorRolloutRefWorker` (and, with
+critic.enable, `CriticWorker`) the Ray worker groups start. Their torch.distributed group spans the torchrun ranks
+(NCCL on CUDA, gloo on CPU, from torchrun's environment), so FSDP shards the models and reduces the gradients over
+all ranks, while each rank's driver holds its share of the batch (SPMD): it draws its own prompts, generates
+rollout.n responses per prompt (so every GRPO group lives on one rank and its advantages are exact), and runs the
+whole step as `python -m rl_trainer.main` does: scores, old log-probs (or the update's forward, with
+actor.recompute_old_log_prob=false), reference log-probs, values, KL in the reward, advantages, the critic and
+actor updates (after trainer.critic_warmup steps), and validation every trainer.test_freq steps. Rank 0 prints each
+step's phases, tokens/s and the update's model-FLOPs utilisation.
 
     torchrun --nproc-per-node 8 -m rl_trainer.tools.torchrun --model DIR --steps 5 [config overrides]
     torchrun --nproc-per-node 1 -m rl_trainer.tools.torchrun --shape qwen2.5-0.5b --peak-tflops 790
 
 Needs torch, transformers and omegaconf (pure Python); no Ray, Hydra, datasets or vLLM. The prompts are random
-token ids of `--prompt-length` and the reward a rule on the first response token (1 when its id is even): the
-point is the machinery and its speed, not learning. Config overrides are verl's keys, as on
-the CLI (`actor_rollout_ref.rollout.n=8`); the defaults come from configs/ppo_trainer.yaml.
+token ids of `--prompt-length` (validation: a fixed set drawn once per rank), and the reward, unless
+custom_reward_function.path names one, a rule on the first response token (1 when its id is even): the point is
+the machinery and its speed, not learning. Config overrides are verl's keys, as on the CLI
+(`actor_rollout_ref.rollout.n=8`); the defaults come from configs/ppo_trainer.yaml, except that this driver
+neither validates (trainer.test_freq=-1, trainer.val_before_train=false) nor saves checkpoints unless told to
+validate, and refuses trainer.save_freq > 0 and trainer.resume_mode=resume_path (every rank's driver would write
+the same checkpoint files). It does not read data.train_files / val_files or log to trainer.logger: it prints.
+
+Differences from the Ray run, all from every driver holding only its rank's share: the data metrics (scores,
+lengths) are per rank, rank 0 prints the sums and means over ranks it all-reduces, and an adaptive KL controller
+(algorithm.kl_ctrl.type=adaptive) follows each rank's own KL. Actor and critic share one process: the critic's model
+is built first, so the actor's sampling stream (trainer.seed + rank) is the one its Ray worker has.
 
 Model FLOPs of the update: 6 x parameters x tokens it trains on (prompt + response; forward and backward, the
 usual estimate without attention), against `--peak-tflops` (per device; on CUDA measured with a bf16 matmul when
@@ -27,17 +41,16 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from rl_trainer.algos import compute_advantage
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
-from rl_trainer.metrics import timed
+from rl_trainer.rewards.manager import RewardOutput
+from rl_trainer.trainer import PPOTrainer
 
 CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "ppo_trainer.yaml"
 SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape
@@ -61,7 +74,7 @@ def load_config(overrides: list[str]) -> dict:
 
 def random_model(shape: str, tokenizer_dir: str, out_dir: Path, seed: int) -> str:
     """A random-init Qwen2 of `shape`, saved with the tokenizer of `tokenizer_dir` (ids beyond it never appear in
-    prompts, and nothing is decoded)."""
+    prompts, the parity reward reads ids, and decoding skips them)."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -88,11 +101,13 @@ def measure_peak_tflops(device: torch.device) -> float:
 
 
 def random_prompts(rows: int, length: int, vocab: int, pad_id: int, generator: torch.Generator) -> Batch:
-    """Left-padded random prompts of 1/2 .. full `length` tokens (never special ids 0-2)."""
+    """Left-padded random prompts of 1/2 .. full `length` tokens (never special ids 0-2), with the columns the
+    reward stage reads (data_source "torchrun/random", no ground truth)."""
     lengths = torch.randint(length // 2, length + 1, (rows,), generator=generator)
     mask = (torch.arange(length) >= length - lengths[:, None]).long()
     ids = torch.randint(3, vocab, (rows, length), generator=generator) * mask + pad_id * (1 - mask)
-    return Batch({"prompts": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)})
+    return Batch({"prompts": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)},
+                 {"data_source": ["torchrun/random"] * rows, "ground_truth": [None] * rows, "extra_info": [None] * rows})
 
 
 def parity_scores(batch: Batch) -> torch.Tensor:
@@ -106,9 +121,106 @@ def parity_scores(batch: Batch) -> torch.Tensor:
     return scores
 
 
+class RandomPromptTrainer(PPOTrainer):
+    """The CLI's trainer; only its reward stage differs when no custom_reward_function is set: the parity rule on
+    token ids (random prompts have no answers, and a random model's ids need not decode)."""
+
+    def _score(self, batch: Batch) -> RewardOutput:
+        if self.reward_fn is not None:
+            return super()._score(batch)
+        return RewardOutput(parity_scores(batch))
+
+
+def check_tool_config(config: dict) -> None:
+    """The keys this driver cannot honour: one line each."""
+    trainer = config["trainer"]
+    if trainer["save_freq"] > 0:
+        raise UserError(f"trainer.save_freq={trainer['save_freq']}: the torchrun driver does not save checkpoints "
+                        f"(every rank's driver would write the same files); leave trainer.save_freq=-1, or "
+                        f"checkpoint with python -m rl_trainer.main")
+    if trainer["resume_mode"] == "resume_path":
+        raise UserError("trainer.resume_mode=resume_path: the torchrun driver does not resume from checkpoints; "
+                        "drop the key, or resume with python -m rl_trainer.main")
+
+
+def model_paths(args: argparse.Namespace, config: dict, tmp: str) -> tuple[str, str | None]:
+    """(actor, critic) model directories, resolved by rank 0 (which builds a built-in or --shape model once) and
+    broadcast: --model, else actor_rollout_ref.model.path; the critic's is critic.model.path when set apart from
+    the actor's, else the actor's (None without critic.enable)."""
+    from rl_trainer.models.builtin import resolve_model_path
+
+    paths: list[str | None] = [None, None]
+    if dist.get_rank() == 0:
+        seed = config["trainer"]["seed"]
+        configured = config["actor_rollout_ref"]["model"]["path"]
+        paths[0] = resolve_model_path(args.model or configured, seed=seed)
+        if args.shape:
+            paths[0] = random_model(args.shape, paths[0], Path(tmp) / args.shape, seed)
+        critic = config["critic"]["model"]["path"]
+        if config["critic"]["enable"]:
+            paths[1] = paths[0] if critic == configured else resolve_model_path(critic, seed=seed)
+    dist.broadcast_object_list(paths, src=0)
+    return paths[0], paths[1]
+
+
+def build_groups(args: argparse.Namespace, config: dict, device: str, threads: int):
+    """The actor (and critic) in-process groups of this rank, models loaded; returns (actor, critic, use_ref,
+    model_path). The actor's group forms the torch.distributed group from torchrun's environment."""
+    from rl_trainer.config import needs_reference
+    from rl_trainer.distributed.local_group import LocalWorkerGroup
+    from rl_trainer.workers.actor import ActorRolloutRefWorker
+    from rl_trainer.workers.critic import CriticWorker
+
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    where = dict(rank=rank, ranks=world, device=device, threads=threads, device_index=local_rank)
+    actor = LocalWorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, config, **where)
+    critic = LocalWorkerGroup("critic", CriticWorker, config, **where) if config["critic"]["enable"] else None
+    use_ref = needs_reference(OmegaConf.create(config))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path, critic_path = model_paths(args, config, tmp)
+        if critic is not None:  # first: its start-up seeds trainer.seed, the actor's then sets seed + rank
+            critic.call("init_model", critic_path, args.steps)
+        actor.call("init_model", model_path, args.steps, use_ref)
+        dist.barrier()  # every rank has loaded the model before rank 0 removes a --shape model's directory
+    return actor, critic, use_ref, model_path
+
+
+def step_line(step: int, metrics: dict[str, float], rows: int, params: int, world: int, peak: float | None,
+              device: torch.device) -> str:
+    """Rank 0's line for one step, from train_step's metrics (its timings and token counts) of this rank's `rows`
+    sequences; the per-rank data metrics are summed / averaged over the ranks here (a collective: every rank calls
+    it)."""
+    val = [v for k, v in metrics.items() if k.startswith("val-core/")]
+    local = torch.tensor([metrics["perf/total_num_tokens"], metrics["response_length/mean"] * rows,
+                          metrics["critic/score/mean"], sum(val) / len(val) if val else 0.0],
+                         dtype=torch.float64, device=device)
+    dist.all_reduce(local)
+    tokens, response_tokens, score, val_score = local.tolist()
+    total = metrics["timing_s/step"]
+    phases = "  ".join(f"{k.split('/', 1)[1]} {v:.2f}s" for k, v in metrics.items()
+                       if k.startswith("timing_s/") and k != "timing_s/step")
+    line = (f"step {step}: {total:.2f}s  {phases}  tokens {tokens:.0f} ({response_tokens:.0f} response)  "
+            f"{tokens / total:.0f} tokens/s")
+    if "timing_s/update_actor" in metrics:
+        mfu = 6 * params * tokens / metrics["timing_s/update_actor"] / 1e12 / world
+        line += f"  update {mfu:.2f} TFLOP/s per device" + (f"  update MFU {100 * mfu / peak:.1f}%" if peak else "")
+    line += f"  reward {score / world:.3f}"
+    if val:
+        line += f"  val reward {val_score / world:.3f}"
+    for key, label in (("actor/reward_kl_penalty", "kl_in_reward"), ("critic/vf_loss", "vf_loss"),
+                       ("critic/grad_norm", "critic_grad_norm"), ("actor/pg_loss", "pg_loss"),
+                       ("actor/grad_norm", "grad_norm")):
+        if key in metrics:  # the actor's last: the grad_norm of this step's policy update ends the line
+            line += f"  {label} {metrics[key]:.4f}"
+    if "actor/pg_loss" not in metrics:
+        line += "  update_actor skipped (trainer.critic_warmup)"
+    return line
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Hugging Face directory (default: builtin:tiny-qwen2)")
+    parser.add_argument("--model", default=None, help="Hugging Face directory (default: actor_rollout_ref.model.path, "
+                                                      "builtin:tiny-qwen2 unless overridden)")
     parser.add_argument("--shape", choices=sorted(SHAPES),
                         help="a random-init model of this shape instead of --model (one machine: it is built in "
                              "rank 0's temporary directory)")
@@ -120,84 +232,67 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="per device, for the MFU line")
     args, overrides = parser.parse_known_args(argv)
 
-    from rl_trainer.workers.actor import ActorRolloutRefWorker
-
-    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = max(1, (os.cpu_count() or 1) // per_node)
-    base = [f"trainer.n_gpus_per_node={per_node}", f"trainer.nnodes={world // per_node}", f"trainer.device={device}"]
+    base = [f"trainer.n_gpus_per_node={per_node}", f"trainer.nnodes={world // per_node}", f"trainer.device={device}",
+            "trainer.save_freq=-1", "trainer.test_freq=-1", "trainer.val_before_train=false"]
     if args.prompts_per_rank:
         batch_size = args.prompts_per_rank * world
         base += [f"data.train_batch_size={batch_size}", f"actor_rollout_ref.actor.ppo_mini_batch_size={batch_size}"]
-    config = load_config([*base, *overrides])
-    arr, data = config["actor_rollout_ref"], config["data"]
-    worker = ActorRolloutRefWorker(config, rank, world, device, threads)
-    worker.join_group(None, None, device_index=local_rank)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = [args.model]
-        if rank == 0 and (args.model is None or args.shape):  # built once, by rank 0, before anyone loads it
-            from rl_trainer.models.builtin import ensure_builtin_model
-
-            model_path = [str(ensure_builtin_model("tiny-qwen2", seed=config["trainer"]["seed"]))]
-            if args.shape:
-                model_path = [random_model(args.shape, model_path[0], Path(tmp) / args.shape,
-                                           config["trainer"]["seed"])]
-        dist.broadcast_object_list(model_path, src=0)
-        model_path = model_path[0]
-        use_ref = arr["actor"]["use_kl_loss"]
-        worker.init_model(model_path, total_steps=args.steps, with_ref=use_ref)
-        dist.barrier()  # every rank has loaded the model before rank 0 removes a --shape model's directory
-    params = sum(p.numel() for p in worker.actor.model.parameters())
-    peak = args.peak_tflops or (measure_peak_tflops(worker.device) if device == "cuda" else None)
-    prompts_per_rank = data["train_batch_size"] // world
-    prompt_length = args.prompt_length or data["max_prompt_length"]
-    n = arr["rollout"]["n"]
-    generator = torch.Generator().manual_seed(config["trainer"]["seed"] * 1000 + rank)
-    if rank == 0:
-        print(f"torchrun: {world} rank(s) x {device}, model {model_path} ({params / 1e6:.1f}M parameters), "
-              f"{prompts_per_rank} prompts x n={n} per rank, peak {peak or float('nan'):.0f} TFLOP/s per device",
-              flush=True)
-
-    for step in range(1, args.steps + 1):
-        timing: dict[str, float] = {}
-
-        prompts = random_prompts(prompts_per_rank, prompt_length, len(worker.tokenizer), worker.tokenizer.pad_token_id,
-                                 generator)
-        prompts["uid"] = [str(uuid.uuid4()) for _ in range(prompts_per_rank)]
-        # Each phase ends on the host (its results come back as CPU tensors or floats), so on CUDA its time
-        # includes the device's work.
-        with timed("gen", timing):
-            batch = worker.generate_sequences(prompts.repeat(n, interleave=True))
-        batch["token_level_scores"] = batch["token_level_rewards"] = parity_scores(batch)
-        with timed("old_log_prob", timing):
-            batch.update(worker.compute_log_prob(batch))
-        if use_ref:
-            with timed("ref", timing):
-                batch.update(worker.compute_ref_log_prob(batch))
-        algo = config["algorithm"]
-        batch["advantages"], batch["returns"] = compute_advantage(
-            algo["adv_estimator"], token_level_rewards=batch["token_level_rewards"],
-            response_mask=batch["response_mask"], index=batch["uid"], gamma=algo["gamma"], lam=algo["lam"],
-            norm_adv_by_std_in_grpo=algo["norm_adv_by_std_in_grpo"])
-        with timed("update_actor", timing):
-            metrics = worker.update_actor(batch)
-
-        local = torch.tensor([batch["attention_mask"].sum().item(), batch["response_mask"].sum().item(),
-                              batch["token_level_scores"].sum().item()], dtype=torch.float64, device=worker.device)
-        dist.all_reduce(local)
-        tokens, response_tokens, reward = local.tolist()
-        total = sum(timing.values())
+    cfg = OmegaConf.create(load_config([*base, *overrides]))
+    config = OmegaConf.to_container(cfg)
+    check_tool_config(config)
+    actor, critic, use_ref, model_path = build_groups(args, config, device, threads)
+    worker = actor.worker
+    try:
+        params = sum(p.numel() for p in worker.actor.model.parameters())
+        peak = args.peak_tflops or (measure_peak_tflops(worker.device) if device == "cuda" else None)
+        prompts_per_rank = cfg.data.train_batch_size // world
+        prompt_length = args.prompt_length or cfg.data.max_prompt_length
+        generator = torch.Generator().manual_seed(cfg.trainer.seed * 1000 + rank)
+        draw = lambda: random_prompts(prompts_per_rank, prompt_length, len(worker.tokenizer),  # noqa: E731
+                                      worker.tokenizer.pad_token_id, generator)
+        val_loader = [draw()]  # drawn once: every validation scores the same prompts
+        trainer = RandomPromptTrainer(
+            cfg, tokenizer=worker.tokenizer, train_loader=None, val_loader=val_loader, actor=actor, critic=critic,
+            use_ref=use_ref, reward_fn=_custom_reward_fn(cfg), tracker=None, checkpoints=None,
+            total_steps=args.steps, resume_path=None)
         if rank == 0:
-            phases = "  ".join(f"{k} {v:.2f}s" for k, v in timing.items())
-            mfu = 6 * params * tokens / timing["update_actor"] / 1e12 / world
-            mfu_text = f"  update MFU {100 * mfu / peak:.1f}%" if peak else ""
-            print(f"step {step}: {total:.2f}s  {phases}  tokens {tokens:.0f} ({response_tokens:.0f} response)  "
-                  f"{tokens / total:.0f} tokens/s  update {mfu:.2f} TFLOP/s per device{mfu_text}  "
-                  f"reward {reward / (prompts_per_rank * n * world):.3f}  pg_loss {metrics['actor/pg_loss']:.4f}  "
-                  f"grad_norm {metrics['actor/grad_norm']:.4f}", flush=True)
-    worker.shutdown()
+            print(f"torchrun: {world} rank(s) x {device}, model {model_path} ({params / 1e6:.1f}M parameters), "
+                  f"{prompts_per_rank} prompts x n={cfg.actor_rollout_ref.rollout.n} per rank"
+                  f"{', critic' if critic else ''}, peak {peak or float('nan'):.0f} TFLOP/s per device", flush=True)
+        if cfg.trainer.val_before_train or cfg.trainer.val_only:
+            _print_validation(trainer.validate(), world, worker.device, rank)
+            if cfg.trainer.val_only:
+                return
+        for step in range(1, args.steps + 1):
+            trainer.global_step = step
+            metrics = trainer.train_step(draw(), epoch=0)
+            line = step_line(step, metrics, prompts_per_rank * cfg.actor_rollout_ref.rollout.n, params, world, peak,
+                             worker.device)
+            if rank == 0:
+                print(line, flush=True)
+    finally:
+        for group in (critic, actor):  # the actor's group formed the process group: it goes last
+            if group is not None:
+                group.shutdown()
+
+
+def _custom_reward_fn(cfg):
+    from rl_trainer.rewards.custom import get_custom_reward_fn
+
+    return get_custom_reward_fn(cfg)
+
+
+def _print_validation(metrics: dict[str, float], world: int, device: torch.device, rank: int) -> None:
+    """Rank 0 prints the validation reward, averaged over the ranks (each scores its own prompts)."""
+    val = [v for k, v in metrics.items() if k.startswith("val-core/")]
+    score = torch.tensor([sum(val) / len(val)], dtype=torch.float64, device=device)
+    dist.all_reduce(score)
+    if rank == 0:
+        print(f"validation: val reward {score.item() / world:.3f}", flush=True)
 
 
 if __name__ == "__main__":
