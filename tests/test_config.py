@@ -185,7 +185,7 @@ def worker(tiny_models):
     assert config["data"]["max_response_length"] == 6 and config["data"]["max_prompt_length"] == 256
     w = ActorRolloutRefWorker(config, rank=0, world_size=1, device="cpu", threads=1)
     w.join_group(*free_port())
-    w.init_model(str(tiny_models["qwen2"]), with_ref=False)
+    w.init_model(str(tiny_models["qwen2"]), 10, with_ref=False)
     yield w
     w.shutdown()
 
@@ -254,22 +254,23 @@ def test_save_contents_gates_the_hf_weights(worker, contents, tmp_path):
 
 # --------------------------------------------------------------------------------------------- one real run
 @pytest.mark.slow
-def test_small_run_with_critic_warmup_response_length_and_no_hf_weights(tiny_models, gsm8k_dir, length_reward,
-                                                                        tmp_path):
-    """4 prompts x n=2 on 2 workers with the default micro-batch keys (8 for the update, 16 for log-probs: both
-    above the 4 sequences per worker). verl's critic_warmup=2: steps count from 1 and the actor is updated when
-    critic_warmup <= step, so step 1 has no actor update and step 2 has one (the old `step > critic_warmup` had
-    none at step 2). rollout.response_length=5 caps generation below data.max_response_length=16. Without hf_model
-    the checkpoint's HF folder holds the config and no weights."""
+def test_small_ppo_run_with_critic_warmup_response_length_and_no_hf_weights(tiny_models, gsm8k_dir, length_reward,
+                                                                            tmp_path):
+    """PPO (GAE, a critic), 4 prompts x n=2 on 2 workers with the default micro-batch keys (8 for the updates, 16
+    for log-probs and values: all above the 4 sequences per worker). verl's critic_warmup=2: steps count from 1
+    and the actor is updated when critic_warmup <= step, so step 1 trains only the critic and step 2 both (the
+    old `step > critic_warmup` had no actor update at step 2). rollout.response_length=5 caps generation below
+    data.max_response_length=16. Without hf_model the checkpoint's HF folders hold the config and no weights."""
     overrides = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward)
                  if "micro_batch_size_per_gpu" not in o and not o.startswith("actor_rollout_ref.rollout.n=")]
-    overrides += ["actor_rollout_ref.rollout.n=2", "trainer.critic_warmup=2", "actor_rollout_ref.rollout.response_length=5",
+    overrides += ["algorithm.adv_estimator=gae", "actor_rollout_ref.rollout.n=2", "trainer.critic_warmup=2", "actor_rollout_ref.rollout.response_length=5",
                   "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra]", "trainer.save_freq=2"]
     proc = run_cli(overrides, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     steps = read_steps(tmp_path / "run")
-    assert "actor/pg_loss" not in steps[1] and "actor/lr" not in steps[1]
-    assert "actor/pg_loss" in steps[2]
+    assert "actor/pg_loss" not in steps[1] and "actor/lr" not in steps[1] and "critic/vf_loss" in steps[1]
+    assert "actor/pg_loss" in steps[2] and "critic/vf_loss" in steps[2]
     assert steps[1]["response_length/max"] <= 5 and steps[2]["response_length/max"] <= 5
-    hf_dir = tmp_path / "ckpt" / "global_step_2" / "actor" / "huggingface"
-    assert (hf_dir / "config.json").exists() and not list(hf_dir.glob("*.safetensors"))
+    for role in ("actor", "critic"):
+        hf_dir = tmp_path / "ckpt" / "global_step_2" / role / "huggingface"
+        assert (hf_dir / "config.json").exists() and not list(hf_dir.glob("*.safetensors")), role
