@@ -1,9 +1,11 @@
 """Checks and derived values for the composed Hydra config, run once in the driver before Ray starts.
 
-`configs/ppo_trainer.yaml` holds every default; this module never re-declares one. It normalises a few
-verl conveniences (a plain-string `trainer.logger`, the two spellings of the custom reward function),
-fills in values derived from other keys (`critic.enable`, the device, data seed), and checks every
-choice and the batch arithmetic, raising `UserError` with the numbers and the fix.
+`configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
+named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_optim`, `check_rollout`, `check_checkpoint`,
+`check_trainer`, `warn_ineffective` and `check_batch_arithmetic`. Each raises `UserError` with the key, the
+numbers and the fix; downstream code (workers, trainer, rewards) trusts a validated config and does not check
+again. `fill_total_training_steps` is the one value filled in later, once the dataset's length is known.
 """
 
 from __future__ import annotations
@@ -20,19 +22,31 @@ from rl_trainer.checkpoint import RESUME_MODES
 from rl_trainer.data import TRUNCATION_MODES
 from rl_trainer.dumps import DUMP_KEYS, check_dump_dir
 from rl_trainer.errors import UserError
+from rl_trainer.rewards.custom import custom_reward_config
 from rl_trainer.tracking import BACKENDS as LOGGERS
 
 log = logging.getLogger(__name__)
 
 ROLLOUT_ENGINES = ("hf", "vllm")
+# verl 0.9.1's RolloutConfig accepts only "async" (its __post_init__ raises on "sync": removed).
+ROLLOUT_MODES = ("async",)
 KL_CTRL_TYPES = ("fixed", "adaptive")
+# verl's checkpoint contents (verl/utils/checkpoint/checkpoint_manager.py): sharded model, optimizer, extra
+# (LR scheduler + RNG), and hf_model (a full Hugging Face folder under huggingface/).
+CHECKPOINT_CONTENTS = ("model", "optimizer", "extra", "hf_model")
 # Estimators that compare the n responses of a prompt with each other.
 GROUP_ESTIMATORS = ("grpo", "grpo_passk", "rloo", "opo", "reinforce_plus_plus_baseline", "gpg")
+OPTIM_SECTIONS = ("actor_rollout_ref.actor.optim", "critic.optim")
 
 
 def _choice(value, choices, key: str) -> None:
     if value not in choices:
         raise UserError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+def _positive_int(value, key: str, what: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}={value} must be a positive integer{what}")
 
 
 @dataclass(frozen=True)
@@ -46,89 +60,69 @@ class BatchPlan:
     critic_mini_sequences_per_worker: int
 
 
+def _mini_sequences_per_worker(section: str, mini, train_bs: int, n: int, world_size: int) -> int:
+    """verl's units: ppo_mini_batch_size counts prompts; one update splits mini * n sequences over the workers."""
+    _positive_int(mini, f"{section}.ppo_mini_batch_size", " (prompts per update)")
+    if train_bs % mini:
+        raise UserError(f"data.train_batch_size={train_bs} is not divisible by {section}.ppo_mini_batch_size={mini}; "
+                        f"use a mini-batch size that divides {train_bs}")
+    if (mini * n) % world_size:
+        raise UserError(f"{section}.ppo_mini_batch_size * rollout.n = {mini} * {n} = {mini * n} sequences cannot be "
+                        f"split over {world_size} workers; make it a multiple of {world_size}")
+    return mini * n // world_size
+
+
+def _check_update_micro(key: str, micro, per_worker: int, what: str) -> None:
+    """The update's micro-batch must divide the per-worker mini-batch, so every gradient-accumulation step holds the
+    same number of sequences (verl asserts it). One at least as large as the mini-batch is one micro-batch holding
+    all of it: verl's assert refuses that, but the numbers are exactly those of micro = the mini-batch (the loss is
+    normalised by the global mini-batch either way), and it lets small runs keep the default key."""
+    _check_forward_micro(key, micro)
+    if micro is not None and micro < per_worker and per_worker % micro:
+        raise UserError(f"{key}={micro} does not divide the {per_worker} sequences per worker of {what}; "
+                        f"use a divisor of {per_worker}")
+
+
+def _check_forward_micro(key: str, micro) -> None:
+    """A forward-only micro-batch (log-probs, reference, values) is a chunk of at most `micro` sequences: it need
+    not divide the batch, and may exceed it (one chunk then holds the whole batch). verl 0.9.1's engine workers
+    assert divisibility here too (verl/workers/engine/utils.py, prepare_micro_batches), as its update does; its
+    earlier dp_actor split into chunks of at most this many, as here. A row's log-probs and values do not depend
+    on the chunk it is computed in, so the numbers are verl's; only that assert is not copied."""
+    if micro is not None:
+        _positive_int(micro, key, " or null")
+
+
 def check_batch_arithmetic(cfg: DictConfig, world_size: int, use_critic: bool) -> BatchPlan:
-    """verl's units: train_batch_size and ppo_mini_batch_size count prompts; an update splits
-    ppo_mini_batch_size * n sequences over the workers; *_micro_batch_size_per_gpu counts sequences per worker."""
-    n = cfg.actor_rollout_ref.rollout.n
-    train_bs = cfg.data.train_batch_size
-    for key, value in (("data.train_batch_size", train_bs), ("actor_rollout_ref.rollout.n", n)):
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{key}={value} must be a positive integer")
+    """verl's units: train_batch_size and ppo_mini_batch_size count prompts; *_micro_batch_size_per_gpu counts
+    sequences per worker. Only the update micro-batches must divide their (per-worker) mini-batch."""
+    arr = cfg.actor_rollout_ref
+    n, train_bs = arr.rollout.n, cfg.data.train_batch_size
+    _positive_int(train_bs, "data.train_batch_size")
+    _positive_int(n, "actor_rollout_ref.rollout.n")
     train_sequences = train_bs * n
     if train_sequences % world_size:
         raise UserError(
             f"data.train_batch_size * rollout.n = {train_bs} * {n} = {train_sequences} sequences cannot be split over "
-            f"{world_size} workers (trainer.nnodes * trainer.n_gpus_per_node); make it a multiple of {world_size}"
-        )
-
-    def per_worker_mini(section: str, mini: int) -> int:
-        if not isinstance(mini, int) or mini < 1:
-            raise UserError(f"{section}.ppo_mini_batch_size={mini} must be a positive integer (prompts per update)")
-        if train_bs % mini:
-            raise UserError(
-                f"data.train_batch_size={train_bs} is not divisible by {section}.ppo_mini_batch_size={mini}; "
-                f"use a mini-batch size that divides {train_bs}"
-            )
-        if (mini * n) % world_size:
-            raise UserError(
-                f"{section}.ppo_mini_batch_size * rollout.n = {mini} * {n} = {mini * n} sequences cannot be split over "
-                f"{world_size} workers; make it a multiple of {world_size}"
-            )
-        return mini * n // world_size
-
-    def check_micro(key: str, micro, per_worker: int, what: str) -> None:
-        if micro is None:
-            return
-        if not isinstance(micro, int) or micro < 1:
-            raise UserError(f"{key}={micro} must be a positive integer or null")
-        if per_worker % micro:
-            raise UserError(
-                f"{key}={micro} does not divide the {per_worker} sequences per worker of {what}; "
-                f"use a divisor of {per_worker}"
-            )
-
-    actor = cfg.actor_rollout_ref.actor
-    actor_mini = per_worker_mini("actor_rollout_ref.actor", actor.ppo_mini_batch_size)
-    check_micro(
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
-        actor.ppo_micro_batch_size_per_gpu,
-        actor_mini,
-        f"an actor mini-batch (ppo_mini_batch_size * n / workers = {actor.ppo_mini_batch_size} * {n} / {world_size})",
-    )
-    per_worker = train_sequences // world_size
-    step_what = f"a step (train_batch_size * n / workers = {train_bs} * {n} / {world_size})"
-    check_micro("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
-                cfg.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu, per_worker, step_what)
-    check_micro("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
-                cfg.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu, per_worker, step_what)
+            f"{world_size} workers (trainer.nnodes * trainer.n_gpus_per_node); make it a multiple of {world_size}")
+    actor = arr.actor
+    actor_mini = _mini_sequences_per_worker("actor_rollout_ref.actor", actor.ppo_mini_batch_size, train_bs, n,
+                                            world_size)
+    _check_update_micro("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", actor.ppo_micro_batch_size_per_gpu,
+                        actor_mini, f"an actor mini-batch (ppo_mini_batch_size * n / workers = "
+                                    f"{actor.ppo_mini_batch_size} * {n} / {world_size})")
+    _check_forward_micro("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+                         arr.rollout.log_prob_micro_batch_size_per_gpu)
+    _check_forward_micro("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+                         arr.ref.log_prob_micro_batch_size_per_gpu)
     critic_mini = 0
     if use_critic:
         critic = cfg.critic
-        critic_mini = per_worker_mini("critic", critic.ppo_mini_batch_size)
-        check_micro("critic.ppo_micro_batch_size_per_gpu", critic.ppo_micro_batch_size_per_gpu, critic_mini,
-                    f"a critic mini-batch ({critic.ppo_mini_batch_size} * {n} / {world_size})")
-        check_micro("critic.forward_micro_batch_size_per_gpu", critic.forward_micro_batch_size_per_gpu, per_worker,
-                    step_what)
+        critic_mini = _mini_sequences_per_worker("critic", critic.ppo_mini_batch_size, train_bs, n, world_size)
+        _check_update_micro("critic.ppo_micro_batch_size_per_gpu", critic.ppo_micro_batch_size_per_gpu, critic_mini,
+                            f"a critic mini-batch ({critic.ppo_mini_batch_size} * {n} / {world_size})")
+        _check_forward_micro("critic.forward_micro_batch_size_per_gpu", critic.forward_micro_batch_size_per_gpu)
     return BatchPlan(world_size, n, train_sequences, actor_mini, critic_mini)
-
-
-def _check_unsupported(cfg: DictConfig) -> None:
-    """verl keys that are declared so verl command lines parse, but whose non-default values are not implemented."""
-    arr = cfg.actor_rollout_ref
-    unsupported = {
-        "actor_rollout_ref.actor.strategy": (arr.actor.strategy, "fsdp"),
-        "critic.strategy": (cfg.critic.strategy, "fsdp"),
-        "actor_rollout_ref.actor.use_dynamic_bsz": (arr.actor.use_dynamic_bsz, False),
-        "critic.use_dynamic_bsz": (cfg.critic.use_dynamic_bsz, False),
-        "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
-        "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
-        "reward_model.enable": (cfg.reward_model.enable, False),
-        "data.reward_fn_key": (cfg.data.reward_fn_key, "data_source"),
-        "actor_rollout_ref.hybrid_engine": (arr.hybrid_engine, True),
-    }
-    for key, (value, supported) in unsupported.items():
-        if value != supported:
-            raise UserError(f"{key}={value} is not supported by rl_trainer yet; use {key}={supported}")
 
 
 def resolve_device(requested: str) -> str:
@@ -140,35 +134,42 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> BatchPlan:
-    """Check `cfg` and fill in derived values in place. `overrides` are the command-line overrides (for warnings)."""
-    arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
+def normalise(cfg: DictConfig) -> None:
+    """verl conveniences and values derived from other keys, filled in place."""
+    arr, trainer = cfg.actor_rollout_ref, cfg.trainer
     with open_dict(cfg):
-        # trainer.logger may be one name, as in verl's examples.
-        if isinstance(trainer.logger, str):
+        if isinstance(trainer.logger, str):  # one name, as in verl's examples
             trainer.logger = [trainer.logger]
-        for name in trainer.logger:
-            _choice(name, LOGGERS, "trainer.logger")
         trainer.device = resolve_device(trainer.device)
         if cfg.data.seed is None:
             cfg.data.seed = trainer.seed
-        # The custom reward function may be given under either spelling, not both differently.
-        new, old = cfg.reward.custom_reward_function, cfg.custom_reward_function
-        if new.path is not None:
-            if old.path is not None and old.path != new.path:
-                raise UserError(
-                    f"custom_reward_function.path={old.path} and reward.custom_reward_function.path={new.path} "
-                    "disagree; set only one of them"
-                )
-            cfg.custom_reward_function = new
         if cfg.critic.enable is None:
-            cfg.critic.enable = algo.adv_estimator == "gae"
+            cfg.critic.enable = cfg.algorithm.adv_estimator == "gae"
         # verl: clip_ratio_low/high fall back to clip_ratio.
         if arr.actor.clip_ratio_low is None:
             arr.actor.clip_ratio_low = arr.actor.clip_ratio
         if arr.actor.clip_ratio_high is None:
             arr.actor.clip_ratio_high = arr.actor.clip_ratio
+        reconcile_custom_reward(cfg)
 
+
+def reconcile_custom_reward(cfg: DictConfig) -> None:
+    """The one place the two spellings meet: `custom_reward_function.*` (verl's legacy section) and
+    `reward.custom_reward_function.*` (its newer one). rl_trainer.rewards.custom.custom_reward_config picks the
+    section (the one with a path; different paths are an error); both sections then hold its values, so any reader
+    of either sees the same function."""
+    path, name, reward_kwargs = custom_reward_config(cfg)
+    chosen = {"path": path, "name": name, "reward_kwargs": reward_kwargs}
+    with open_dict(cfg):
+        cfg.custom_reward_function = dict(chosen)
+        cfg.reward.custom_reward_function = dict(chosen)
+
+
+def check_choices(cfg: DictConfig) -> None:
+    """Every key that takes one of a fixed set of values."""
+    arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
+    for name in trainer.logger:
+        _choice(name, LOGGERS, "trainer.logger")
     _choice(algo.adv_estimator, sorted(ADV_ESTIMATOR_REGISTRY), "algorithm.adv_estimator")
     _choice(arr.actor.loss_agg_mode, LOSS_AGG_MODES, "actor_rollout_ref.actor.loss_agg_mode")
     _choice(cfg.critic.loss_agg_mode, LOSS_AGG_MODES, "critic.loss_agg_mode")
@@ -180,80 +181,175 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     _choice(trainer.resume_mode, RESUME_MODES, "trainer.resume_mode")
     _choice(trainer.nonfinite_grad, ("skip", "stop"), "trainer.nonfinite_grad")
     _choice(arr.rollout.name, ROLLOUT_ENGINES, "actor_rollout_ref.rollout.name")
-    if arr.rollout.native_decode not in (None, True, False):
-        raise UserError(f"actor_rollout_ref.rollout.native_decode={arr.rollout.native_decode!r} is not valid; choose "
-                        "null (where the model has it), true or false")
-    for key in ("actor.optim.lr_scheduler_type",):
-        _choice(arr.actor.optim.lr_scheduler_type, ("constant", "cosine"), f"actor_rollout_ref.{key}")
-    _choice(cfg.critic.optim.lr_scheduler_type, ("constant", "cosine"), "critic.optim.lr_scheduler_type")
-    _check_unsupported(cfg)
 
-    if arr.rollout.name == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError(
-                "actor_rollout_ref.rollout.name=vllm but vllm is not installed; pip install 'rl_trainer[vllm]' on a GPU "
-                "machine (README: vLLM), or use actor_rollout_ref.rollout.name=hf"
-            )
-        if arr.rollout.tensor_model_parallel_size != 1:
-            raise UserError(
-                f"actor_rollout_ref.rollout.tensor_model_parallel_size={arr.rollout.tensor_model_parallel_size}: the "
-                "vLLM rollout runs one engine per worker in this version; set it to 1"
-            )
+
+def check_unsupported(cfg: DictConfig) -> None:
+    """verl keys that are declared so verl command lines parse, but whose non-default values are not implemented."""
+    arr = cfg.actor_rollout_ref
+    unsupported = {
+        "actor_rollout_ref.actor.strategy": (arr.actor.strategy, "fsdp"),
+        "critic.strategy": (cfg.critic.strategy, "fsdp"),
+        "actor_rollout_ref.actor.use_dynamic_bsz": (arr.actor.use_dynamic_bsz, False),
+        "critic.use_dynamic_bsz": (cfg.critic.use_dynamic_bsz, False),
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
+        "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
+        "critic.model.fsdp_config.fsdp_size": (cfg.critic.model.fsdp_config.fsdp_size, -1),
+        "reward_model.enable": (cfg.reward_model.enable, False),
+        "data.reward_fn_key": (cfg.data.reward_fn_key, "data_source"),
+        "actor_rollout_ref.hybrid_engine": (arr.hybrid_engine, True),
+    }
+    for key, (value, supported) in unsupported.items():
+        if value != supported:
+            raise UserError(f"{key}={value} is not supported by rl_trainer yet; use {key}={supported}")
+
+
+def check_algorithm(cfg: DictConfig) -> None:
+    """The estimator's needs, the clip and KL-controller bounds, and the on-policy condition of reusing the
+    update's forward as old_log_prob."""
+    arr, algo = cfg.actor_rollout_ref, cfg.algorithm
     if algo.adv_estimator == "remax":
         raise UserError("algorithm.adv_estimator=remax needs a greedy baseline response per prompt (reward_baselines), "
                         "which rl_trainer does not generate yet; use grpo, rloo or reinforce_plus_plus_baseline")
     if algo.adv_estimator == "gae" and not cfg.critic.enable:
         raise UserError("algorithm.adv_estimator=gae needs a value model; set critic.enable=true (or leave it null)")
     if algo.adv_estimator in GROUP_ESTIMATORS and arr.rollout.n < 2:
-        log.warning(
-            "algorithm.adv_estimator=%s with actor_rollout_ref.rollout.n=%d: every group has one response, so there "
-            "is no baseline to compare against; use rollout.n >= 2", algo.adv_estimator, arr.rollout.n,
-        )
+        log.warning("algorithm.adv_estimator=%s with actor_rollout_ref.rollout.n=%d: every group has one response, so "
+                    "there is no baseline to compare against; use rollout.n >= 2", algo.adv_estimator, arr.rollout.n)
     if not arr.actor.clip_ratio_c > 1:
         raise UserError(f"actor_rollout_ref.actor.clip_ratio_c={arr.actor.clip_ratio_c} must be > 1 (the dual-clip bound)")
-    for key, lr in (("actor_rollout_ref.actor.optim.lr", arr.actor.optim.lr), ("critic.optim.lr", cfg.critic.optim.lr)):
-        if not isinstance(lr, (int, float)) or not lr > 0:
-            raise UserError(f"{key}={lr} must be a number > 0 (e.g. 1e-6 for the actor, 1e-5 for the critic)")
     if algo.kl_ctrl.type == "adaptive" and not algo.kl_ctrl.horizon > 0:
         raise UserError(f"algorithm.kl_ctrl.horizon={algo.kl_ctrl.horizon} must be > 0 for the adaptive controller")
+    if arr.actor.recompute_old_log_prob:
+        return
+    off_policy = []
+    if arr.actor.ppo_epochs != 1:
+        off_policy.append(f"actor_rollout_ref.actor.ppo_epochs={arr.actor.ppo_epochs}")
+    if arr.actor.ppo_mini_batch_size != cfg.data.train_batch_size:
+        off_policy.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={arr.actor.ppo_mini_batch_size} "
+                          f"< data.train_batch_size={cfg.data.train_batch_size}")
+    if algo.use_kl_in_reward:
+        off_policy.append("algorithm.use_kl_in_reward=true (needs old_log_prob before the update)")
+    if off_policy:
+        raise UserError("actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "
+                        f"{'; '.join(off_policy)}; set actor_rollout_ref.actor.recompute_old_log_prob=true")
+
+
+def check_optim(cfg: DictConfig) -> None:
+    """Learning rates, the LR schedule (resolved here once by the workers' own rl_trainer.workers.fsdp.
+    lr_schedule_settings, so a bad schedule fails before Ray starts), and total_training_steps, which (as in verl)
+    the trainer fills in: a value set by hand would be overwritten there silently, so here it is refused."""
+    from rl_trainer.workers.fsdp import lr_schedule_settings  # torch + transformers: imported when checking
+
+    for section in OPTIM_SECTIONS:
+        optim = OmegaConf.select(cfg, section)
+        lr_schedule_settings(optim, 1, section)
+        if isinstance(optim.lr, bool) or not isinstance(optim.lr, (int, float)) or not optim.lr > 0:
+            raise UserError(f"{section}.lr={optim.lr} must be a number > 0 (e.g. 1e-6 for the actor, 1e-5 for the critic)")
+        if optim.total_training_steps != -1:
+            raise UserError(f"{section}.total_training_steps={optim.total_training_steps} is filled in by the trainer "
+                            "(the run's step count, as in verl); remove it and set trainer.total_training_steps or "
+                            "trainer.total_epochs instead")
+
+
+def fill_total_training_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
+    """verl's RayPPOTrainer._create_dataloader: the optimizers' total_training_steps (which the LR schedule's warm-up
+    ratio and cosine decay read) is trainer.total_training_steps when set, else steps per epoch * total_epochs.
+    Returns the steps the run trains: the smaller of that and what the epochs hold (verl's loop also stops when
+    its epochs run out, with the schedule still sized by trainer.total_training_steps)."""
+    epochs_steps = steps_per_epoch * cfg.trainer.total_epochs
+    total = cfg.trainer.total_training_steps or epochs_steps
+    with open_dict(cfg):
+        for section in OPTIM_SECTIONS:
+            OmegaConf.select(cfg, section).total_training_steps = total
+    return min(total, epochs_steps)
+
+
+def check_rollout(cfg: DictConfig) -> None:
+    """The engine, its mode, and the length budget rollout.prompt_length / response_length against data.*."""
+    rollout, data = cfg.actor_rollout_ref.rollout, cfg.data
+    if rollout.mode == "sync":
+        raise UserError("actor_rollout_ref.rollout.mode=sync was removed in verl 0.9.1 (its only mode is async); "
+                        "set actor_rollout_ref.rollout.mode=async or leave the key out")
+    _choice(rollout.mode, ROLLOUT_MODES, "actor_rollout_ref.rollout.mode")
+    if rollout.native_decode not in (None, True, False):
+        raise UserError(f"actor_rollout_ref.rollout.native_decode={rollout.native_decode!r} is not valid; choose "
+                        "null (where the model has it), true or false")
+    _positive_int(data.max_prompt_length, "data.max_prompt_length", " (tokens)")
+    _positive_int(rollout.prompt_length, "actor_rollout_ref.rollout.prompt_length", " (tokens)")
+    _positive_int(rollout.response_length, "actor_rollout_ref.rollout.response_length", " (tokens)")
+    if rollout.prompt_length < data.max_prompt_length:
+        raise UserError(
+            f"actor_rollout_ref.rollout.prompt_length={rollout.prompt_length} < data.max_prompt_length="
+            f"{data.max_prompt_length}: verl cuts longer prompts from the left (they lose their start); set "
+            f"rollout.prompt_length >= {data.max_prompt_length}, or leave it at its default ${{data.max_prompt_length}}")
+    if rollout.name != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("actor_rollout_ref.rollout.name=vllm but vllm is not installed; pip install 'rl_trainer[vllm]' "
+                        "on a GPU machine (README: vLLM), or use actor_rollout_ref.rollout.name=hf")
+    if rollout.tensor_model_parallel_size != 1:
+        raise UserError(f"actor_rollout_ref.rollout.tensor_model_parallel_size={rollout.tensor_model_parallel_size}: "
+                        "the vLLM rollout runs one engine per worker in this version; set it to 1")
+
+
+def check_checkpoint(cfg: DictConfig) -> None:
+    """save_contents / load_contents hold verl's items; the model is in both (a checkpoint without it cannot resume)."""
+    for section in ("actor_rollout_ref.actor.checkpoint", "critic.checkpoint"):
+        for field in ("save_contents", "load_contents"):
+            key, contents = f"{section}.{field}", OmegaConf.select(cfg, f"{section}.{field}")
+            contents = [contents] if isinstance(contents, str) else list(contents)
+            for item in contents:
+                _choice(item, CHECKPOINT_CONTENTS, key)
+            if "model" not in contents:
+                raise UserError(f"{key}={contents} lacks 'model': rl_trainer's checkpoints always hold the model "
+                                f"(resuming needs it); add 'model' to {key}")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Placement, warm-up and dump directories."""
+    trainer = cfg.trainer
     for key in ("nnodes", "n_gpus_per_node"):
-        if not isinstance(trainer[key], int) or trainer[key] < 1:
-            raise UserError(f"trainer.{key}={trainer[key]} must be a positive integer")
+        _positive_int(trainer[key], f"trainer.{key}")
     if not trainer.cpus_per_worker > 0:
         raise UserError(f"trainer.cpus_per_worker={trainer.cpus_per_worker} must be > 0")
+    if isinstance(trainer.critic_warmup, bool) or not isinstance(trainer.critic_warmup, int) or trainer.critic_warmup < 0:
+        raise UserError(f"trainer.critic_warmup={trainer.critic_warmup} must be an integer >= 0 (the actor is updated "
+                        "from the step numbered critic_warmup on, counting from 1)")
     for key in DUMP_KEYS:
         check_dump_dir(OmegaConf.select(cfg, key), key)
-    if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
-        raise UserError("trainer.resume_mode=resume_path needs trainer.resume_from_path=<checkpoint dir>")
-    if not arr.actor.recompute_old_log_prob:
-        off_policy = []
-        if arr.actor.ppo_epochs != 1:
-            off_policy.append(f"actor_rollout_ref.actor.ppo_epochs={arr.actor.ppo_epochs}")
-        if arr.actor.ppo_mini_batch_size != cfg.data.train_batch_size:
-            off_policy.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={arr.actor.ppo_mini_batch_size} "
-                              f"< data.train_batch_size={cfg.data.train_batch_size}")
-        if algo.use_kl_in_reward:
-            off_policy.append("algorithm.use_kl_in_reward=true (needs old_log_prob before the update)")
-        if off_policy:
-            raise UserError(
-                "actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "
-                f"{'; '.join(off_policy)}; set actor_rollout_ref.actor.recompute_old_log_prob=true"
-            )
-    if arr.model.use_remove_padding:
-        log.warning("actor_rollout_ref.model.use_remove_padding=true: padding-free packing is not implemented; "
-                    "running the padded path (same numbers)")
+
+
+def warn_ineffective(cfg: DictConfig, overrides: list[str] | None) -> None:
+    """One-line notices for keys that are accepted but change nothing."""
+    for key in ("actor_rollout_ref.model.use_remove_padding", "critic.model.use_remove_padding"):
+        if key.startswith("critic.") and not cfg.critic.enable:
+            continue
+        if OmegaConf.select(cfg, key):
+            log.warning("%s=true: padding-free packing is not implemented; running the padded path (same numbers)",
+                        key)
     if cfg.trainer.balance_batch:
         log.warning("trainer.balance_batch=true is accepted but not implemented; batches keep their order")
+    if cfg.critic.enable or not overrides:
+        return
+    touched = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    critic_keys = [k for k in touched if k.startswith("critic.") and k != "critic.enable"]
+    if critic_keys:
+        log.warning("critic is disabled (algorithm.adv_estimator=%s), so %s has no effect; set critic.enable=true to "
+                    "train one", cfg.algorithm.adv_estimator, ", ".join(critic_keys))
 
-    if not cfg.critic.enable and overrides:
-        touched = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-        critic_keys = [k for k in touched if k.startswith("critic.") and k != "critic.enable"]
-        if critic_keys:
-            log.warning(
-                "critic is disabled (algorithm.adv_estimator=%s), so %s has no effect; set critic.enable=true to train one",
-                algo.adv_estimator, ", ".join(critic_keys),
-            )
-    world_size = trainer.nnodes * trainer.n_gpus_per_node
+
+def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> BatchPlan:
+    """Check `cfg` and fill in derived values in place. `overrides` are the command-line overrides (for warnings)."""
+    normalise(cfg)
+    check_choices(cfg)
+    check_unsupported(cfg)
+    check_algorithm(cfg)
+    check_optim(cfg)
+    check_rollout(cfg)
+    check_checkpoint(cfg)
+    check_trainer(cfg)
+    warn_ineffective(cfg, overrides)
+    world_size = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     return check_batch_arithmetic(cfg, world_size, cfg.critic.enable)
 
 

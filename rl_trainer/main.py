@@ -30,7 +30,7 @@ class SweepJobFailed(Exception):
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
     """Train with the composed config `cfg`, writing metrics to `run_dir`."""
-    from rl_trainer.config import needs_reference, validate_config
+    from rl_trainer.config import fill_total_training_steps, needs_reference, validate_config
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
     quiet_libraries()
@@ -68,9 +68,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     if data.val_files and (trainer_cfg.test_freq > 0 or trainer_cfg.val_before_train or trainer_cfg.val_only):
         val_set = dataset("data.val_files", data.val_files, data.val_max_samples, False)
         val_loader = PromptLoader(val_set, data.val_batch_size or len(val_set), shuffle=False, drop_last=False)
-    total_steps = len(train_loader) * trainer_cfg.total_epochs
-    if trainer_cfg.total_training_steps:
-        total_steps = min(total_steps, trainer_cfg.total_training_steps)
+    total_steps = fill_total_training_steps(cfg, len(train_loader))  # the optimizers' LR schedules read it
 
     if resume_path is not None and step_of(resume_path) >= total_steps:
         print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; nothing to do")

@@ -119,7 +119,7 @@ class PPOTrainer:
             if self.critic is not None:
                 with phase("update_critic"):
                     metrics.update(self.critic.dispatch_metrics("update_critic", batch))
-            if step > cfg.trainer.critic_warmup:
+            if cfg.trainer.critic_warmup <= step:  # verl: steps count from 1; update the actor from step critic_warmup
                 with phase("update_actor"):
                     metrics.update(self.actor.dispatch_metrics("update_actor", batch))
                 self._check_probs_diff(metrics)

@@ -77,6 +77,12 @@ BEFORE_RAY = [
     ("vllm-not-installed", ["actor_rollout_ref.rollout.name=vllm"], "actor_rollout_ref.rollout.name=vllm"),
     ("unknown-logger", ["trainer.logger=slack"], "trainer.logger='slack' is not valid"),
     ("remax-without-baseline-rollout", ["algorithm.adv_estimator=remax"], "algorithm.adv_estimator=remax needs"),
+    ("rollout-mode-sync", ["actor_rollout_ref.rollout.mode=sync"],
+     "actor_rollout_ref.rollout.mode=sync was removed in verl 0.9.1 (its only mode is async)"),
+    ("optim-total-training-steps-set", ["actor_rollout_ref.actor.optim.total_training_steps=100"],
+     "actor_rollout_ref.actor.optim.total_training_steps=100 is filled in by the trainer"),
+    ("rollout-prompt-length-below-data", ["actor_rollout_ref.rollout.prompt_length=64"],
+     "actor_rollout_ref.rollout.prompt_length=64 < data.max_prompt_length=192"),
     ("reused-old-log-prob-off-policy", ["actor_rollout_ref.actor.recompute_old_log_prob=false",
                                         "actor_rollout_ref.actor.ppo_epochs=2"],
      "actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "

@@ -157,25 +157,15 @@ class ActorRolloutRefWorker(WorkerBase):
 
     # -------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str, hf_dir: str | None) -> None:
-        """Sharded actor state into `path`; rank 0 also writes a Hugging Face folder to `hf_dir`."""
-        self.actor.save(Path(path), list(self.config.actor_rollout_ref.actor.checkpoint.save_contents), self.rank)
+        """Sharded actor state into `path` (the model, and the optimizer / extra of save_contents); rank 0 also
+        writes `hf_dir` (WorkerBase.save_hf: the full weights only with "hf_model" in save_contents, as verl)."""
+        contents = list(self.config.actor_rollout_ref.actor.checkpoint.save_contents)
+        self.actor.save(Path(path), contents, self.rank)
         if hf_dir:
-            self._save_hf(hf_dir)
+            from transformers import AutoModelForCausalLM
+
+            self.save_hf(hf_dir, "hf_model" in contents, AutoModelForCausalLM, self.tokenizer)
         torch.distributed.barrier()
-
-    def _save_hf(self, hf_dir: str) -> None:
-        """The actor's full weights as a Hugging Face model folder, written by rank 0 (a collective: every rank
-        gathers). The folder's model is built on the meta device: only the gathered weights take memory."""
-        weights = self.full_params(keep=self.rank == 0)
-        if self.rank != 0:
-            return
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(self.actor.model.config)
-        model.generation_config = self.actor.model.generation_config
-        model.save_pretrained(hf_dir, state_dict=weights)
-        self.tokenizer.save_pretrained(hf_dir)
 
     def load_checkpoint(self, path: str) -> None:
         self.actor.load(Path(path), list(self.config.actor_rollout_ref.actor.checkpoint.load_contents), self.rank)

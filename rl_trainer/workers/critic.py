@@ -68,7 +68,15 @@ class CriticWorker(WorkerBase):
         return self.ppo_update("critic", batch, cfg, micro_loss)
 
     def save_checkpoint(self, path: str) -> None:
-        self.critic.save(Path(path), list(self.config.critic.checkpoint.save_contents), self.rank)
+        """Sharded critic state into `path`, and `path`/huggingface as verl lays it out (WorkerBase.save_hf: the
+        config always, the value model's weights with "hf_model" in critic.checkpoint.save_contents). The
+        tokenizer is in the actor's folder: the critic reads the actor's token ids."""
+        contents = list(self.config.critic.checkpoint.save_contents)
+        self.critic.save(Path(path), contents, self.rank)
+        from transformers import AutoModelForTokenClassification
+
+        self.save_hf(str(Path(path) / "huggingface"), "hf_model" in contents, AutoModelForTokenClassification)
+        torch.distributed.barrier()
 
     def load_checkpoint(self, path: str) -> None:
         self.critic.load(Path(path), list(self.config.critic.checkpoint.load_contents), self.rank)

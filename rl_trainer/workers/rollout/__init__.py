@@ -20,14 +20,15 @@ def build_rollout(cfg, model_path: str, tokenizer, device: torch.device, local_r
     if rollout_cfg.name == "vllm":  # imported only when chosen: vLLM is an optional extra
         from rl_trainer.workers.rollout.vllm import VLLMRollout
 
-        return VLLMRollout(model_path, tokenizer, rollout_cfg, cfg.data.max_prompt_length, cfg.data.max_response_length,
+        return VLLMRollout(model_path, tokenizer, rollout_cfg, rollout_cfg.prompt_length, rollout_cfg.response_length,
                            device, local_rank, threads, return_log_probs=return_log_probs,
                            trust_remote_code=arr.model.trust_remote_code)
     dtype = fsdp.DTYPES[rollout_cfg.dtype] if device.type == "cuda" else torch.float32
     model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=arr.model.trust_remote_code,
                            override_config=dict(arr.model.override_config)).to(device)
-    return HFRollout(model, tokenizer, cfg.data.max_response_length, share_prompts=arr.model.share_prompt_prefix,
-                     return_log_probs=return_log_probs, native_decode=rollout_cfg.native_decode)
+    return HFRollout(model, tokenizer, rollout_cfg.response_length, share_prompts=arr.model.share_prompt_prefix,
+                     return_log_probs=return_log_probs, native_decode=rollout_cfg.native_decode,
+                     prompt_length=rollout_cfg.prompt_length)
 
 
 def _calculate_log_probs(rollout_cfg) -> bool:

@@ -39,6 +39,22 @@ class Rollout(ABC):
         """
 
 
+def pad_prompts(batch: Batch, prompt_length: int | None, pad_id: int) -> Batch:
+    """The generation inputs left-padded to `prompt_length` columns (actor_rollout_ref.rollout.prompt_length), as
+    verl's agent loop pads every prompt to it: the dataset pads to data.max_prompt_length, which the config check
+    keeps <= rollout.prompt_length. Added columns hold pad_id, mask 0 and position 0 (the dataset's padding);
+    masked columns change no row's numbers. None or no wider: `batch` itself."""
+    width = batch["prompts"].shape[1]
+    if prompt_length is None or prompt_length <= width:
+        return batch
+    extra = prompt_length - width
+    tensors = dict(batch.tensors)
+    for key, fill in (("prompts", pad_id), ("attention_mask", 0), ("position_ids", 0)):
+        value = tensors[key]
+        tensors[key] = torch.cat([value.new_full((value.shape[0], extra), fill), value], dim=1)
+    return Batch(tensors, dict(batch.non_tensors), dict(batch.meta))
+
+
 def response_mask_from_eos(responses: torch.Tensor, eos_ids: list[int], generated_length: int) -> torch.Tensor:
     """1 on each response's tokens up to and including its first EOS; 0 after it and past `generated_length`."""
     is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))

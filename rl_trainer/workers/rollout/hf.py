@@ -33,20 +33,22 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
 from rl_trainer.workers.forward import prefill_distinct_prompts, unpadded_columns, with_cache
-from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, response_mask_from_eos
+from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, pad_prompts, response_mask_from_eos
 from rl_trainer.workers.rollout.native_decode import NativeDecodeStep, unsupported_reason
 
 
 class HFRollout(Rollout):
     def __init__(self, model: torch.nn.Module, tokenizer, response_length: int, share_prompts: bool = False,
-                 return_log_probs: bool = False, native_decode: bool | None = None):
+                 return_log_probs: bool = False, native_decode: bool | None = None, prompt_length: int | None = None):
+        """`response_length` / `prompt_length`: actor_rollout_ref.rollout.response_length (the tokens generated)
+        and rollout.prompt_length (prompts are left-padded to it; None = as they come)."""
         self.model = model.eval()
         self.native_step = _native_step(model, native_decode)
         self.share_prompts = share_prompts
         self.return_log_probs = return_log_probs  # rollout_log_probs: log-prob of each sampled token, as sampled
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.response_length = response_length
+        self.response_length, self.prompt_length = response_length, prompt_length
         self.pad_id = tokenizer.pad_token_id
         eos = getattr(model.generation_config, "eos_token_id", None)
         eos = eos if isinstance(eos, list) else [eos]
@@ -61,6 +63,7 @@ class HFRollout(Rollout):
     @torch.no_grad()
     def generate(self, batch: Batch, sampling: SamplingParams) -> Batch:
         device = next(self.model.parameters()).device
+        batch = pad_prompts(batch, self.prompt_length, self.pad_id)
         prompts = batch["prompts"].to(device)
         prompt_mask = batch["attention_mask"].to(device)
         prompt_positions = batch["position_ids"].to(device)

@@ -44,7 +44,7 @@ from packaging.version import Version
 
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
-from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble
+from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, pad_prompts
 
 MIN_VLLM = (0, 10, 2)  # logprobs_mode="processed_logprobs", sleep/wake_up(tags), LLM.collective_rpc, LLM.apply_model
 
@@ -76,7 +76,7 @@ class VLLMRollout(Rollout):
                  device: torch.device, local_rank: int, threads: int, return_log_probs: bool = True,
                  trust_remote_code: bool = False):
         vllm = import_vllm()
-        self.response_length = response_length
+        self.response_length, self.prompt_length = response_length, prompt_length
         self.return_log_probs = return_log_probs
         self.pad_id = tokenizer.pad_token_id
         self.eos_ids = sorted({i for i in (tokenizer.eos_token_id,) if i is not None})
@@ -136,6 +136,7 @@ class VLLMRollout(Rollout):
         `finish_reason` ("stop" at EOS, "length" at rollout.response_length) for each row."""
         if self.asleep:
             raise RuntimeError("the vLLM engine is asleep: update_weights must run before generate")
+        batch = pad_prompts(batch, self.prompt_length, self.pad_id)
         prompts, prompt_mask = batch["prompts"], batch["attention_mask"]
         rows = prompts.shape[0]
         sample = sampling.do_sample and sampling.temperature > 0
