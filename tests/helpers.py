@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +72,38 @@ def session_processes(sid: int) -> list[str]:
             if line.split(None, 1)[0] == str(sid) and not line.split()[1].startswith("Z")]
 
 
+def session_pids(sid: int) -> list[int]:
+    """Pids of the live processes (not zombies) of session `sid`."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, s, stat in (line.split() for line in out.splitlines())
+            if s == str(sid) and not stat.startswith("Z")]
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Block until every process in `pids` has exited, or `timeout` seconds have passed (the caller then asserts).
+
+    Waits on a pidfd per process (Linux >= 5.3), which becomes readable when the process exits: no polling interval.
+    """
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            pass  # already gone
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending, deadline = len(fds), time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def ray_daemons() -> list[str]:
     """Ray's per-machine daemons, from any session (there should be none between tests)."""
     out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
@@ -104,3 +138,35 @@ def worker_config(model_dir, workers: int, micro, extra=()) -> dict:
         ])
     validate_config(cfg)
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
+    """What `python -m rl_trainer.main OVERRIDES` stops with before it starts Ray, run in this process.
+
+    The same code path as the CLI: Hydra composes configs/ppo_trainer.yaml with the overrides (`hydra.*` ones only
+    place the run directory, passed here as `run_dir`), then rl_trainer.main.run checks the config, resources,
+    checkpoints, model, reward function and datasets. A case that gets as far as starting Ray is a failure (it would
+    train); main.main prints the exception as the one stderr line `error: <message>` and exits 2 for a UserError
+    (shown by the true CLI runs in tests/test_bad_input.py). Saves an interpreter start and its imports (~10 s).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from rl_trainer import main as cli
+
+    task = [o for o in overrides if not o.startswith("hydra.")]
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
+        cfg = compose("ppo_trainer", overrides=task)
+
+    def tripwire(cfg) -> None:
+        raise AssertionError("the config stage let this command line through: main would start Ray and train")
+
+    real, cli._init_ray = cli._init_ray, tripwire
+    try:
+        cli.run(cfg, run_dir, task)
+    except Exception as exc:  # noqa: BLE001 - the caller asserts the type (a bug is not a UserError)
+        if isinstance(exc, AssertionError):
+            raise
+        return exc
+    finally:
+        cli._init_ray = real
+    raise AssertionError("rl_trainer.main.run returned without an error")
