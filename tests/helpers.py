@@ -111,6 +111,33 @@ def ray_daemons() -> list[str]:
             if not line.split()[0].startswith("Z") and ("raylet" in line or "gcs_server" in line)]
 
 
+_SHARED_RAY: dict = {}
+
+
+def shared_ray_env() -> dict:
+    """`env` for run_cli that makes the CLI join this session's one Ray head (2 CPUs, started at first use) instead of
+    starting and stopping a local Ray of its own (~6 s a run). The CLI's own local start is shown by the runs that do
+    not pass it (the default run, the bad-input corpus, the killed worker, bench)."""
+    if "cluster" not in _SHARED_RAY:
+        from ray.cluster_utils import Cluster
+
+        _SHARED_RAY["cluster"] = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False},
+                                         shutdown_at_exit=False)
+    return {"RAY_ADDRESS": _SHARED_RAY["cluster"].address}
+
+
+def stop_shared_ray() -> None:
+    """Stop the shared Ray head, if running: for tests that need their own cluster or that no Ray runs at all (the
+    next shared_ray_env() starts a new head)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = _SHARED_RAY.pop("cluster", None)
+    if cluster is not None:
+        cluster.shutdown()
+
+
 def read_steps(run_dir: Path) -> dict[int, dict]:
     """Per-step metrics of a run's metrics.jsonl, merged by step."""
     steps: dict[int, dict] = {}

@@ -18,6 +18,8 @@ from helpers import config_stage_error, ray_daemons, run_cli, small_run_override
 from rl_trainer.checkpoint import COMPLETE_MARKER
 from rl_trainer.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("own_ray")  # no Ray may run: each case asserts that none is left
+
 
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory, gsm8k_dir, tiny_models):

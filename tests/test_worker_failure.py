@@ -21,7 +21,7 @@ def worker_pids(name: str) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_dir, length_reward, tmp_path):
+def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_dir, length_reward, tmp_path, own_ray):
     overrides = small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + [
         "trainer.total_training_steps=50", "trainer.save_freq=1",
     ]

@@ -35,7 +35,7 @@ def test_an_invalid_config_is_reported_not_raised():
 
 
 @pytest.mark.slow
-def test_reports_a_running_ray_cluster(tmp_path):
+def test_reports_a_running_ray_cluster(tmp_path, own_ray):  # `ray stop --force` stops every Ray
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
