@@ -19,7 +19,7 @@ SCHEDULE = ["data.train_max_samples=8", "trainer.total_epochs=2", "trainer.total
             "trainer.save_freq=1", "actor_rollout_ref.actor.optim.lr=1e-3"]
 # Each relaunch is killed one phase further on; together they cover generation, a checkpoint half written, an epoch
 # boundary and the update. (Kills at scoring and at the old log-prob pass, mid-step like generation, were dropped to
-# keep CI within its 20-minute budget.)
+# keep CI within its time budget.)
 KILLS = ["gen@2", "save@2", "epoch_end@2", "update_actor@3"]
 
 
