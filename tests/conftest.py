@@ -31,6 +31,9 @@ def isolated_env(tmp_path_factory):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield env
+    from helpers import stop_shared_ray
+
+    stop_shared_ray()
     for key, value in old.items():
         if value is None:
             os.environ.pop(key, None)
@@ -82,3 +85,19 @@ def length_reward(tmp_path_factory):
         "    return {'score': float(len(solution_str) % 3 == 0), 'length': len(solution_str)}\n"
     )
     return path
+
+
+@pytest.fixture
+def shared_ray() -> dict:
+    """run_cli's `env` to join the session's shared Ray head (helpers.shared_ray_env)."""
+    from helpers import shared_ray_env
+
+    return shared_ray_env()
+
+
+@pytest.fixture
+def own_ray() -> None:
+    """For a test that starts its own Ray, or asserts that no Ray runs: the shared head is stopped first."""
+    from helpers import stop_shared_ray
+
+    stop_shared_ray()

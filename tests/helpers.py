@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,11 +73,70 @@ def session_processes(sid: int) -> list[str]:
             if line.split(None, 1)[0] == str(sid) and not line.split()[1].startswith("Z")]
 
 
+def session_pids(sid: int) -> list[int]:
+    """Pids of the live processes (not zombies) of session `sid`."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, s, stat in (line.split() for line in out.splitlines())
+            if s == str(sid) and not stat.startswith("Z")]
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Block until every process in `pids` has exited, or `timeout` seconds have passed (the caller then asserts).
+
+    Waits on a pidfd per process (Linux >= 5.3), which becomes readable when the process exits: no polling interval.
+    """
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            pass  # already gone
+    try:
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending, deadline = len(fds), time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def ray_daemons() -> list[str]:
     """Ray's per-machine daemons, from any session (there should be none between tests)."""
     out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()
             if not line.split()[0].startswith("Z") and ("raylet" in line or "gcs_server" in line)]
+
+
+_SHARED_RAY: dict = {}
+
+
+def shared_ray_env() -> dict:
+    """`env` for run_cli that makes the CLI join this session's one Ray head (2 CPUs, started at first use) instead of
+    starting and stopping a local Ray of its own (~6 s a run). The CLI's own local start is shown by the runs that do
+    not pass it (the default run, the bad-input corpus, the killed worker, bench)."""
+    if "cluster" not in _SHARED_RAY:
+        from ray.cluster_utils import Cluster
+
+        _SHARED_RAY["cluster"] = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False},
+                                         shutdown_at_exit=False)
+    return {"RAY_ADDRESS": _SHARED_RAY["cluster"].address}
+
+
+def stop_shared_ray() -> None:
+    """Stop the shared Ray head, if running: for tests that need their own cluster or that no Ray runs at all (the
+    next shared_ray_env() starts a new head)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = _SHARED_RAY.pop("cluster", None)
+    if cluster is not None:
+        cluster.shutdown()
 
 
 def read_steps(run_dir: Path) -> dict[int, dict]:
@@ -226,3 +287,35 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
+    """What `python -m rl_trainer.main OVERRIDES` stops with before it starts Ray, run in this process.
+
+    The same code path as the CLI: Hydra composes configs/ppo_trainer.yaml with the overrides (`hydra.*` ones only
+    place the run directory, passed here as `run_dir`), then rl_trainer.main.run checks the config, resources,
+    checkpoints, model, reward function and datasets. A case that gets as far as starting Ray is a failure (it would
+    train); main.main prints the exception as the one stderr line `error: <message>` and exits 2 for a UserError
+    (shown by the true CLI runs in tests/test_bad_input.py). Saves an interpreter start and its imports (~10 s).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from rl_trainer import main as cli
+
+    task = [o for o in overrides if not o.startswith("hydra.")]
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
+        cfg = compose("ppo_trainer", overrides=task)
+
+    def tripwire(cfg) -> None:
+        raise AssertionError("the config stage let this command line through: main would start Ray and train")
+
+    real, cli._init_ray = cli._init_ray, tripwire
+    try:
+        cli.run(cfg, run_dir, task)
+    except Exception as exc:  # noqa: BLE001 - the caller asserts the type (a bug is not a UserError)
+        if isinstance(exc, AssertionError):
+            raise
+        return exc
+    finally:
+        cli._init_ray = real
+    raise AssertionError("rl_trainer.main.run returned without an error")

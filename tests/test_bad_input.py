@@ -1,5 +1,8 @@
-"""The bad-input corpus: each mistake, made through the real CLI, ends in one line that names the culprit and the
-fix, a non-zero exit, no Ray process left running, and an existing checkpoint directory left as it was."""
+"""The bad-input corpus: each mistake ends in one line that names the culprit and the fix, a non-zero exit, no Ray
+process left running, and an existing checkpoint directory left as it was.
+
+Mistakes caught before Ray are checked in this process through the CLI's own code path (compose, then
+rl_trainer.main.run); a sample of them, and those found while training, go through the real CLI."""
 
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ray_daemons, run_cli, small_run_overrides
+from helpers import config_stage_error, ray_daemons, run_cli, small_run_overrides
 from rl_trainer.checkpoint import COMPLETE_MARKER
+from rl_trainer.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("own_ray")  # no Ray may run: each case asserts that none is left
 
 
 @pytest.fixture(scope="module")
@@ -100,22 +106,54 @@ def checkpoint_fingerprint(ckpt):
             if p.is_file()}
 
 
-@pytest.mark.parametrize("case, overrides, expected", BEFORE_RAY + [pytest.param(*c, marks=pytest.mark.slow)
-                                                                    for c in DURING_TRAINING],
-                         ids=[c[0] for c in BEFORE_RAY + DURING_TRAINING])
-def test_bad_input_is_one_line(case, overrides, expected, bad, tiny_models, gsm8k_dir, tmp_path):
+def existing_checkpoint(tmp_path):
+    """A complete-looking checkpoint directory; returns it and its fingerprint, which no bad input may change."""
     ckpt = tmp_path / "ckpt"
     (ckpt / "global_step_1" / "actor").mkdir(parents=True)
     (ckpt / "global_step_1" / "actor" / "weights.bin").write_bytes(b"\x00" * 1024)
     (ckpt / "global_step_1" / COMPLETE_MARKER).write_text("")
     (ckpt / "latest_checkpointed_iteration.txt").write_text("1")
-    before = checkpoint_fingerprint(ckpt)
+    return ckpt, checkpoint_fingerprint(ckpt)
 
+
+def case_args(case, overrides, bad, tiny_models, gsm8k_dir, tmp_path) -> list[str]:
     args = small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path) + ["data.train_max_samples=32"]
     args += [o.format(bad=bad) for o in overrides]
     if case in {c[0] for c in DURING_TRAINING}:
         args.append("trainer.resume_mode=disable")  # the fake checkpoint above is for inspection, not resuming
-    proc = run_cli(args, cwd=tmp_path, timeout=180)
+    return args
+
+
+@pytest.mark.parametrize("case, overrides, expected", BEFORE_RAY, ids=[c[0] for c in BEFORE_RAY])
+def test_bad_input_is_one_line(case, overrides, expected, bad, tiny_models, gsm8k_dir, tmp_path, capfd):
+    # In this process, through the code path the CLI takes before Ray (helpers.config_stage_error); what the CLI
+    # then prints (`error: <message>`, exit 2) is shown by test_bad_input_through_the_cli on a sample of cases.
+    import ray
+
+    ckpt, before = existing_checkpoint(tmp_path)
+    exc = config_stage_error(case_args(case, overrides, bad, tiny_models, gsm8k_dir, tmp_path), tmp_path / "run")
+
+    assert isinstance(exc, UserError), repr(exc)
+    message = str(exc)
+    assert message.strip() and "\n" not in message.strip(), message
+    assert expected in message, message
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert not ray.is_initialized() and not ray_daemons()
+    assert checkpoint_fingerprint(ckpt) == before
+
+
+# Through the real CLI: one case per stage that can refuse (data, model, local resources), and the two found while
+# training (the batch-size check's CLI run is test_overriding_critic_keys_while_the_critic_is_off_warns_in_one_line).
+CLI_CASES = [c for c in BEFORE_RAY if c[0] in {"unreadable-train-file", "no-chat-template", "more-workers-than-cpus"}]
+
+
+@pytest.mark.parametrize("case, overrides, expected", CLI_CASES + [pytest.param(*c, marks=pytest.mark.slow)
+                                                                   for c in DURING_TRAINING],
+                         ids=[c[0] for c in CLI_CASES + DURING_TRAINING])
+def test_bad_input_through_the_cli(case, overrides, expected, bad, tiny_models, gsm8k_dir, tmp_path):
+    ckpt, before = existing_checkpoint(tmp_path)
+    proc = run_cli(case_args(case, overrides, bad, tiny_models, gsm8k_dir, tmp_path), cwd=tmp_path, timeout=180)
 
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -145,3 +183,8 @@ def test_overriding_critic_keys_while_the_critic_is_off_warns_in_one_line(tmp_pa
     warnings = [line for line in proc.stdout.splitlines() if "WARNING" in line]
     assert len(warnings) == 1
     assert "critic is disabled" in warnings[0] and "critic.ppo_epochs" in warnings[0]
+    # The CLI run of the corpus' batch-not-divisible case: exit 2, the error as the last stderr line.
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("error: data.train_batch_size=6 is not divisible by"), lines[-1]
+    assert "Traceback" not in proc.stderr and not proc.leftover

@@ -220,21 +220,22 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_one_latest(tmp_path):
     # A trainer process that starts checkpoint 2 and is SIGKILLed while writing a large file into it.
     writer = textwrap.dedent(
         f"""
-        import time
+        import sys
         from rl_trainer.checkpoint import CheckpointManager
         manager = CheckpointManager({str(tmp_path)!r})
         tmp = manager.begin(2)
         with open(tmp / "model.bin", "wb") as f:
-            for i in range(256):  # at most 256 MiB; killed long before
+            for i in range(256):  # 256 MiB in all; killed after the fifth
                 f.write(b"\\0" * 2**20)
                 f.flush()
                 if i == 4:
                     print("writing", flush=True)
-                time.sleep(0.01)
+                    sys.stdin.readline()  # mid-write until the test kills it (its stdin stays open until then)
         manager.commit(2, tmp)
         """
     )
-    with subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen([sys.executable, "-c", writer], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:
         try:
             assert proc.stdout.readline() == "writing\n"
         finally:

@@ -23,7 +23,7 @@ VAL = "val-core/rl_trainer/digit_shift/reward/mean@1"
 
 
 @pytest.mark.slow
-def test_grpo_learns_digit_shift_and_a_zero_learning_rate_does_not(tmp_path):
+def test_grpo_learns_digit_shift_and_a_zero_learning_rate_does_not(tmp_path, shared_ray):
     sweep = tmp_path / "sweep"
     result = run_cli([
         "-m", "--config-name", "digit_shift",
@@ -31,7 +31,7 @@ def test_grpo_learns_digit_shift_and_a_zero_learning_rate_does_not(tmp_path):
         "trainer.total_training_steps=40", "trainer.test_freq=40", "trainer.save_freq=-1", "trainer.logger=[]",
         f"hydra.sweep.dir={sweep}", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
         f"trainer.rollout_data_dir={tmp_path / 'rollouts'}", f"trainer.validation_data_dir={tmp_path / 'val'}",
-    ], cwd=tmp_path, timeout=400)
+    ], cwd=tmp_path, timeout=400, env=shared_ray)
     assert result.returncode == 0, result.stderr[-3000:]
     learned = read_steps(sweep / "0-actor_rollout_ref.actor.optim.lr=0.001")
     frozen = read_steps(sweep / "1-actor_rollout_ref.actor.optim.lr=1e-12")

@@ -37,12 +37,13 @@ def assert_ok(proc) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
-def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_models, gsm8k_dir, length_reward, tmp_path):
+def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_models, gsm8k_dir, length_reward, tmp_path,
+                                                                             shared_ray):
     proc = run_cli(
         small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward)
         + ["actor_rollout_ref.actor.use_kl_loss=true", "trainer.test_freq=2", "trainer.save_freq=2",
            "trainer.log_val_generations=2"],
-        cwd=tmp_path,
+        cwd=tmp_path, env=shared_ray,
     )
     assert_ok(proc)
     assert proc.stdout.count("[validation] score=") == 2
@@ -67,14 +68,14 @@ def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_m
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
 
-def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward, tmp_path):
+def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward, tmp_path, shared_ray):
     # The guide's PPO line: GAE, a critic model, two PPO epochs for both.
     model = tiny_models["llama"]
     proc = run_cli(
         small_run_overrides(model, gsm8k_dir, tmp_path, length_reward)
         + ["algorithm.adv_estimator=gae", f"critic.model.path={model}", "actor_rollout_ref.actor.ppo_epochs=2",
            "critic.ppo_epochs=2", "critic.optim.lr=1e-3", "actor_rollout_ref.model.enable_gradient_checkpointing=true"],
-        cwd=tmp_path,
+        cwd=tmp_path, env=shared_ray,
     )
     assert_ok(proc)
     steps = read_steps(tmp_path / "run")
@@ -82,26 +83,31 @@ def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward,
     assert steps[2]["critic/vf_loss"] > 0
 
 
-@pytest.mark.parametrize(
-    "extra, expected_metric",
-    [
-        (["algorithm.use_kl_in_reward=true", "algorithm.kl_ctrl.kl_coef=0.001"], "actor/reward_kl_penalty"),
-        (["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm", "algorithm.norm_adv_by_std_in_grpo=false"],
-         "actor/pg_loss"),
-        (["actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-          "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"], "actor/pg_loss"),
-    ],
-    ids=["kl-in-reward", "dr-grpo", "n2"],
-)
-def test_guide_command_lines(extra, expected_metric, tiny_models, gsm8k_dir, length_reward, tmp_path):
-    proc = run_cli(small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + extra, cwd=tmp_path)
+# The guide's GRPO variants, one run for all three (each only adds keys; none overrides another's): KL in the
+# reward, Dr. GRPO's loss aggregation without the std division, and two responses per prompt.
+GUIDE_LINES = {
+    "kl-in-reward": ["algorithm.use_kl_in_reward=true", "algorithm.kl_ctrl.kl_coef=0.001"],
+    "dr-grpo": ["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm", "algorithm.norm_adv_by_std_in_grpo=false"],
+    "n2": ["actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+           "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"],
+}
+
+
+def test_guide_command_lines(tiny_models, gsm8k_dir, length_reward, tmp_path, shared_ray):
+    extra = [o for line in GUIDE_LINES.values() for o in line]
+    keys = [o.split("=")[0] for o in extra]
+    assert len(set(keys)) == len(keys)  # the lines are independent: no key set twice
+    proc = run_cli(small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + extra, cwd=tmp_path,
+                   env=shared_ray)
     assert_ok(proc)
     steps = read_steps(tmp_path / "run")
-    check_metrics(steps, ALWAYS + [expected_metric])
+    check_metrics(steps, ALWAYS + ["actor/reward_kl_penalty", "actor/pg_loss"])
 
 
 def test_default_run_with_no_arguments(tmp_path):
-    """The quick start: GRPO on the bundled GSM8K with the built-in model, validation, a checkpoint, exit 0."""
+    """The quick start: GRPO on the bundled GSM8K with the built-in model, validation, a checkpoint, exit 0.
+
+    It starts its own local Ray, as a user's first run does (the other runs here join the session's shared head)."""
     proc = run_cli([f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=600)
     assert_ok(proc)
     assert "run directory:" in proc.stdout and "checkpoints:" in proc.stdout

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import read_steps, run_cli, small_run_overrides
+from helpers import read_steps, run_cli, shared_ray_env, small_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ SCHEDULE = ["data.train_max_samples=8", "trainer.total_epochs=2", "trainer.total
             "trainer.save_freq=1", "actor_rollout_ref.actor.optim.lr=1e-3"]
 # Each relaunch is killed one phase further on; together they cover generation, a checkpoint half written, an epoch
 # boundary and the update. (Kills at scoring and at the old log-prob pass, mid-step like generation, were dropped to
-# keep CI within its 20-minute budget.)
+# keep CI within its time budget.)
 KILLS = ["gen@2", "save@2", "epoch_end@2", "update_actor@3"]
 
 
@@ -31,23 +31,23 @@ def non_timing(metrics: dict) -> dict:
 def reference(tiny_models, gsm8k_dir, length_reward, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     overrides = small_run_overrides(tiny_models["qwen2"], gsm8k_dir, root, length_reward) + SCHEDULE
-    proc = run_cli(overrides, cwd=root)
+    proc = run_cli(overrides, cwd=root, env=shared_ray_env())
     assert proc.returncode == 0, proc.stderr[-5000:]
     return root, overrides, read_steps(root / "run")
 
 
 def test_killed_at_every_phase_and_resumed_matches_the_uninterrupted_run(
-    reference, tiny_models, gsm8k_dir, length_reward, tmp_path
+    reference, tiny_models, gsm8k_dir, length_reward, tmp_path, shared_ray
 ):
     _, _, expected = reference
     assert sorted(expected) == [1, 2, 3, 4] and expected[3]["training/epoch"] == 1
     overrides = small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + SCHEDULE
     for fault in KILLS:
-        proc = run_cli(overrides, cwd=tmp_path, env={"RL_TRAINER_FAULT": fault})
+        proc = run_cli(overrides, cwd=tmp_path, env={**shared_ray, "RL_TRAINER_FAULT": fault})
         assert proc.returncode == -9, f"{fault}: {proc.stderr[-3000:]}"
         assert f"SIGKILL at {fault.replace('@', ' of step ')}" in proc.stdout
         assert not list((tmp_path / "ckpt").glob(".global_step_*")) or fault == "save@2"
-    proc = run_cli(overrides, cwd=tmp_path)
+    proc = run_cli(overrides, cwd=tmp_path, env=shared_ray)
     assert proc.returncode == 0, proc.stderr[-5000:]
 
     resumed = read_steps(tmp_path / "run")  # one metrics.jsonl, truncated at each resume point
@@ -57,7 +57,7 @@ def test_killed_at_every_phase_and_resumed_matches_the_uninterrupted_run(
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
 
 
-def test_resume_needs_the_optimizer_state_and_a_finished_run_exits_at_once(reference, tmp_path):
+def test_resume_needs_the_optimizer_state_and_a_finished_run_exits_at_once(reference, tmp_path, shared_ray):
     root, overrides, expected = reference
     # Without the optimizer state (fresh Adam moments) the continuation differs: the exactness check has teeth.
     proc = run_cli(
@@ -65,13 +65,13 @@ def test_resume_needs_the_optimizer_state_and_a_finished_run_exits_at_once(refer
         + [f"hydra.run.dir={tmp_path}/run", "trainer.resume_mode=resume_path",
            f"trainer.resume_from_path={root / 'ckpt' / 'global_step_2'}",
            "actor_rollout_ref.actor.checkpoint.load_contents=[model,extra]", "trainer.save_freq=-1"],
-        cwd=tmp_path,
+        cwd=tmp_path, env=shared_ray,
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     no_optim = read_steps(tmp_path / "run")
     assert sorted(no_optim) == [3, 4]
     assert any(non_timing(no_optim[s]) != non_timing(expected[s]) for s in (3, 4))
 
-    proc = run_cli(overrides, cwd=root)
+    proc = run_cli(overrides, cwd=root)  # without the shared head: a local Ray start would show in the output
     assert proc.returncode == 0 and "already finished" in proc.stdout
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr

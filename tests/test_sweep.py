@@ -26,14 +26,14 @@ def test_job_tag_names_a_job_by_the_overrides_it_sweeps():
 
 
 @pytest.mark.slow
-def test_estimator_sweep_isolates_jobs_survives_a_failure_resumes_and_plots(tmp_path):
+def test_estimator_sweep_isolates_jobs_survives_a_failure_resumes_and_plots(tmp_path, shared_ray):
     sweep, checkpoints = tmp_path / "sweep", tmp_path / "ckpt"
     overrides = [
         "-m", "--config-name", "digit_shift", "algorithm.adv_estimator=no_such_estimator,grpo,gae",
         "trainer.total_training_steps=20", "trainer.test_freq=20", "trainer.save_freq=20", "trainer.logger=[]",
         f"hydra.sweep.dir={sweep}", f"trainer.default_local_dir={checkpoints}",
     ]
-    result = run_cli(overrides, cwd=tmp_path, timeout=400)
+    result = run_cli(overrides, cwd=tmp_path, timeout=400, env=shared_ray)
     # The first job fails on its config; the other two still run, and the sweep exits non-zero.
     assert result.returncode == 1, result.stderr[-3000:]
     assert "error: job 0 (algorithm.adv_estimator=no_such_estimator): algorithm.adv_estimator" in result.stderr
@@ -49,7 +49,8 @@ def test_estimator_sweep_isolates_jobs_survives_a_failure_resumes_and_plots(tmp_
     assert not (checkpoints / "global_step_20").exists()
 
     # The same sweep again: each job finds its own finished checkpoint (resume_mode=auto), not a sibling's.
-    again = run_cli([o.replace(str(sweep), str(tmp_path / "sweep2")) for o in overrides], cwd=tmp_path, timeout=300)
+    again = run_cli([o.replace(str(sweep), str(tmp_path / "sweep2")) for o in overrides], cwd=tmp_path, timeout=300,
+                  env=shared_ray)
     assert again.stdout.count("training already finished") == 2, again.stdout[-3000:]
     assert f"{checkpoints}/algorithm.adv_estimator=gae/global_step_20 is step 20" in again.stdout
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ray_daemons, read_steps, run_cli, session_processes, small_run_overrides
+from helpers import ray_daemons, read_steps, run_cli, session_pids, session_processes, small_run_overrides, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def worker_pids(name: str) -> list[int]:
     return [int(pid) for pid in out.split()]
 
 
-def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_dir, length_reward, tmp_path):
+def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_dir, length_reward, tmp_path, own_ray):
     overrides = small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + [
         "trainer.total_training_steps=50", "trainer.save_freq=1",
     ]
@@ -45,7 +45,8 @@ def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_d
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: worker group 'actor_rollout_ref' rank "), last
     assert "last good checkpoint: " in last and "global_step_" in last
-    time.sleep(2)
+    # Ray's daemons and the surviving worker exit after the driver: wait for them (at most 30 s), then check.
+    wait_gone(session_pids(driver.pid) + worker_pids("ActorRolloutRefWorker"), timeout=30)
     assert not session_processes(driver.pid), session_processes(driver.pid)
     assert not worker_pids("ActorRolloutRefWorker") and not ray_daemons()
 

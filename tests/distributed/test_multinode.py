@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, stop_shared_ray
 
 from rl_trainer.distributed.worker_group import check_slots, workers_per_node
 from rl_trainer.errors import UserError
@@ -27,6 +27,7 @@ PLACEMENT = re.compile(r"^placement: (.*)$", re.MULTILINE)
 def cluster(isolated_env):
     from ray.cluster_utils import Cluster
 
+    stop_shared_ray()  # this module's cluster is the only one
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

@@ -172,27 +172,28 @@ def test_incomplete_target_is_a_user_error(tmp_path):
 
 def test_two_processes_build_concurrently(tmp_path, tokenizer):
     # A child process and this one build into the same empty cache at the same moment: the child imports
-    # first, then waits for a starting-gun file. (Building here saves a second child's ~5 s of imports.)
-    cache, ready, go = tmp_path / "cache", tmp_path / "ready", tmp_path / "go"
+    # first, says so, then waits for a starting-gun line on its stdin. (Building here saves a second child's ~5 s of
+    # imports.)
+    cache = tmp_path / "cache"
     script = (
-        "import os, sys, time\n"
+        "import sys\n"
         "from rl_trainer.models import builtin\n"
         "import transformers.models.qwen2.modeling_qwen2, tokenizers\n"
-        f"open({str(ready)!r}, 'w').close()\n"
-        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        "print('READY', flush=True)\n"
+        "sys.stdin.readline()\n"
         "print('RESULT', builtin.resolve_model_path('builtin:tiny-qwen2'))\n"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", script],
         env={**os.environ, "RL_TRAINER_CACHE": str(cache)},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
-    while not ready.exists() and child.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    go.touch()
+    assert child.stdout.readline() == "READY\n", child.communicate(timeout=60)[1]  # "" if the child died
+    child.stdin.write("go\n")
+    child.stdin.flush()
     ours = ensure_builtin_model(cache_dir=cache)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, err

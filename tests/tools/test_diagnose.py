@@ -67,7 +67,7 @@ def test_address_local_wins_over_ray_address_as_in_main(monkeypatch):
 
 
 @pytest.mark.slow
-def test_reports_a_running_ray_cluster(tmp_path):
+def test_reports_a_running_ray_cluster(tmp_path, own_ray):  # `ray stop --force` stops every Ray
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
