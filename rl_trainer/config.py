@@ -118,8 +118,6 @@ def _check_unsupported(cfg: DictConfig) -> None:
     unsupported = {
         "actor_rollout_ref.actor.strategy": (arr.actor.strategy, "fsdp"),
         "critic.strategy": (cfg.critic.strategy, "fsdp"),
-        "actor_rollout_ref.actor.use_dynamic_bsz": (arr.actor.use_dynamic_bsz, False),
-        "critic.use_dynamic_bsz": (cfg.critic.use_dynamic_bsz, False),
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
         "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
         "reward_model.enable": (cfg.reward_model.enable, False),
@@ -129,6 +127,36 @@ def _check_unsupported(cfg: DictConfig) -> None:
     for key, (value, supported) in unsupported.items():
         if value != supported:
             raise UserError(f"{key}={value} is not supported by rl_trainer yet; use {key}={supported}")
+
+
+# The token-budget switches and their budgets (verl's names): (flag key, budget keys it enables).
+DYNAMIC_BSZ_KEYS = (
+    ("actor_rollout_ref.actor.use_dynamic_bsz", ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu",)),
+    ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",)),
+    ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",)),
+    ("critic.use_dynamic_bsz", ("critic.ppo_max_token_len_per_gpu", "critic.forward_max_token_len_per_gpu")),
+)
+
+
+def check_dynamic_bsz(cfg: DictConfig) -> None:
+    """Token budgets (use_dynamic_bsz): every switch a bool, every budget a positive integer, and an enabled one at
+    least a full row (rollout.prompt_length + rollout.response_length tokens), which verl asserts for padded rows.
+    The critic's keys are checked only when it is enabled."""
+    row = cfg.actor_rollout_ref.rollout.prompt_length + cfg.actor_rollout_ref.rollout.response_length
+    for flag_key, budget_keys in DYNAMIC_BSZ_KEYS:
+        if flag_key.startswith("critic.") and not cfg.critic.enable:
+            continue
+        flag = OmegaConf.select(cfg, flag_key)
+        if not isinstance(flag, bool):
+            raise UserError(f"{flag_key}={flag!r} must be true or false")
+        for key in budget_keys:
+            budget = OmegaConf.select(cfg, key)
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+                raise UserError(f"{key}={budget} must be a positive integer (tokens per micro-batch on a worker)")
+            if flag and budget < row:
+                raise UserError(
+                    f"{key}={budget} is smaller than one sequence (rollout.prompt_length + rollout.response_length = "
+                    f"{row} tokens) with {flag_key}=true; set {key} to at least {row}")
 
 
 def resolve_device(requested: str) -> str:
@@ -187,6 +215,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
         _choice(arr.actor.optim.lr_scheduler_type, ("constant", "cosine"), f"actor_rollout_ref.{key}")
     _choice(cfg.critic.optim.lr_scheduler_type, ("constant", "cosine"), "critic.optim.lr_scheduler_type")
     _check_unsupported(cfg)
+    check_dynamic_bsz(cfg)
 
     if arr.rollout.name == "vllm":
         if importlib.util.find_spec("vllm") is None:
@@ -242,8 +271,6 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     if arr.model.use_remove_padding:
         log.warning("actor_rollout_ref.model.use_remove_padding=true: padding-free packing is not implemented; "
                     "running the padded path (same numbers)")
-    if cfg.trainer.balance_batch:
-        log.warning("trainer.balance_batch=true is accepted but not implemented; batches keep their order")
 
     if not cfg.critic.enable and overrides:
         touched = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
