@@ -95,3 +95,50 @@ def test_balanced_rank_order_gives_equal_chunks_of_similar_tokens():
     order, parts = balanced_rank_order([100, 100, 1, 1], 2)
     assert parts == [[2, 1], [3, 0]]
     assert order.tolist() == [2, 1, 3, 0]
+
+
+# ---------------------------------------------------------------------------------- config checks of the budgets
+def validated(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from helpers import REPO
+    from rl_trainer.config import validate_config
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("ppo_trainer", overrides=["trainer.device=cpu", *overrides])
+    validate_config(cfg)
+    return cfg
+
+
+def test_budgets_default_to_verls_and_interpolate_as_there():
+    cfg = validated("algorithm.adv_estimator=gae", "actor_rollout_ref.actor.use_dynamic_bsz=true")
+    arr = cfg.actor_rollout_ref
+    assert arr.actor.ppo_max_token_len_per_gpu == 16384 and cfg.critic.ppo_max_token_len_per_gpu == 32768
+    assert arr.rollout.log_prob_use_dynamic_bsz and arr.ref.log_prob_use_dynamic_bsz and cfg.critic.use_dynamic_bsz
+    assert arr.rollout.log_prob_max_token_len_per_gpu == arr.ref.log_prob_max_token_len_per_gpu == 16384
+    assert cfg.critic.forward_max_token_len_per_gpu == 32768
+    assert cfg.trainer.balance_batch is True
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # 256 + 128 = 384 tokens per row by default: a 300-token budget cannot hold one.
+    (["actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=300"],
+     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=300 is smaller than one sequence (rollout.prompt_length + "
+     "rollout.response_length = 384 tokens) with actor_rollout_ref.actor.use_dynamic_bsz=true; set "
+     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu to at least 384"),
+    (["actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+      "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=100"],
+     "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=100 is smaller than one sequence"),
+    (["algorithm.adv_estimator=gae", "critic.use_dynamic_bsz=true", "critic.forward_max_token_len_per_gpu=383"],
+     "critic.forward_max_token_len_per_gpu=383 is smaller than one sequence"),
+    (["actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=0"],
+     "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=0 must be a positive integer"),
+])
+def test_a_budget_below_one_row_is_one_line_naming_the_key(overrides, message):
+    with pytest.raises(UserError) as error:
+        validated(*overrides)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_a_small_budget_is_fine_while_its_switch_is_off():
+    validated("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=100")  # log_prob_use_dynamic_bsz=false
