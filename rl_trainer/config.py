@@ -125,6 +125,36 @@ def check_batch_arithmetic(cfg: DictConfig, world_size: int, use_critic: bool) -
     return BatchPlan(world_size, n, train_sequences, actor_mini, critic_mini)
 
 
+# The token-budget switches and their budgets (verl's names): (flag key, budget keys it enables).
+DYNAMIC_BSZ_KEYS = (
+    ("actor_rollout_ref.actor.use_dynamic_bsz", ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu",)),
+    ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",)),
+    ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",)),
+    ("critic.use_dynamic_bsz", ("critic.ppo_max_token_len_per_gpu", "critic.forward_max_token_len_per_gpu")),
+)
+
+
+def check_dynamic_bsz(cfg: DictConfig) -> None:
+    """Token budgets (use_dynamic_bsz): every switch a bool, every budget a positive integer, and an enabled one at
+    least a full row (rollout.prompt_length + rollout.response_length tokens), which verl asserts for padded rows.
+    The critic's keys are checked only when it is enabled."""
+    row = cfg.actor_rollout_ref.rollout.prompt_length + cfg.actor_rollout_ref.rollout.response_length
+    for flag_key, budget_keys in DYNAMIC_BSZ_KEYS:
+        if flag_key.startswith("critic.") and not cfg.critic.enable:
+            continue
+        flag = OmegaConf.select(cfg, flag_key)
+        if not isinstance(flag, bool):
+            raise UserError(f"{flag_key}={flag!r} must be true or false")
+        for key in budget_keys:
+            budget = OmegaConf.select(cfg, key)
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+                raise UserError(f"{key}={budget} must be a positive integer (tokens per micro-batch on a worker)")
+            if flag and budget < row:
+                raise UserError(
+                    f"{key}={budget} is smaller than one sequence (rollout.prompt_length + rollout.response_length = "
+                    f"{row} tokens) with {flag_key}=true; set {key} to at least {row}")
+
+
 def resolve_device(requested: str) -> str:
     _choice(requested, ("auto", "cpu", "cuda"), "trainer.device")
     if requested == "auto":
@@ -327,8 +357,6 @@ def warn_ineffective(cfg: DictConfig, overrides: list[str] | None) -> None:
         if OmegaConf.select(cfg, key):
             log.warning("%s=true: padding-free packing is not implemented; running the padded path (same numbers)",
                         key)
-    if cfg.trainer.balance_batch:
-        log.warning("trainer.balance_batch=true is accepted but not implemented; batches keep their order")
     if cfg.critic.enable or not overrides:
         return
     touched = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
@@ -346,6 +374,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     check_algorithm(cfg)
     check_optim(cfg)
     check_rollout(cfg)
+    check_dynamic_bsz(cfg)
     check_checkpoint(cfg)
     check_trainer(cfg)
     warn_ineffective(cfg, overrides)

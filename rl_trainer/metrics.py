@@ -127,6 +127,23 @@ def compute_throughput_metrics(batch: Batch, timing_s: Mapping[str, float], n_wo
     }
 
 
+def seqlen_balance_metrics(lengths: Sequence[int], parts: Sequence[Sequence[int]],
+                           prefix: str = "global_seqlen") -> dict[str, float]:
+    """verl's `log_seqlen_unbalance`: tokens (prompt + response) per data-parallel rank, with k = len(parts) ranks.
+
+    `<prefix>/min`, `/max`, `/minmax_diff`: over the k consecutive equal chunks of `lengths` in their given order
+    (what each rank would get unbalanced); `/balanced_min`, `/balanced_max`: over `parts` (row indices per rank);
+    `/mean`: total tokens / k. E.g. lengths [5, 1, 4, 2], parts [[0, 1], [2, 3]] (any 2 parts):
+    chunks 6, 6 -> min 6, max 6, diff 0; parts 6, 6; mean 12 / 2 = 6."""
+    lengths = [int(v) for v in lengths]
+    size = len(lengths) // len(parts)
+    chunks = [sum(lengths[i:i + size]) for i in range(0, len(lengths), size)]
+    balanced = [sum(lengths[i] for i in part) for part in parts]
+    return {f"{prefix}/min": min(chunks), f"{prefix}/max": max(chunks), f"{prefix}/minmax_diff": max(chunks) - min(chunks),
+            f"{prefix}/balanced_min": min(balanced), f"{prefix}/balanced_max": max(balanced),
+            f"{prefix}/mean": sum(chunks) / len(parts)}
+
+
 def probs_diff_sums(actor_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor,
                     response_mask: torch.Tensor) -> torch.Tensor:
     """Sufficient statistics of d = |exp(actor_log_probs) - exp(rollout_log_probs)| over the valid response tokens:

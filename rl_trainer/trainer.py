@@ -28,9 +28,10 @@ from rl_trainer.dumps import generation_records, write_step_jsonl
 from rl_trainer.errors import UserError
 from rl_trainer.faults import fault_point
 from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, peak_rss_bytes,
-                                probs_diff_metrics, probs_diff_sums, timed)
+                                probs_diff_metrics, probs_diff_sums, seqlen_balance_metrics, timed)
 from rl_trainer.rewards.manager import compute_token_level_scores
 from rl_trainer.tracking import ProgressBar, Tracking
+from rl_trainer.workers.micro_batching import balanced_rank_order
 
 if TYPE_CHECKING:  # the loop runs on Ray's WorkerGroup or the in-process LocalWorkerGroup; neither Ray nor datasets
     # is imported here, so the torchrun driver runs this loop where they are not installed
@@ -92,6 +93,9 @@ class PPOTrainer:
             batch = prompts.repeat(cfg.actor_rollout_ref.rollout.n, interleave=True)
             with phase("gen"):
                 batch = self.actor.dispatch("generate_sequences", _generation_inputs(batch))
+            if cfg.trainer.balance_batch:  # similar token counts per worker; every column (uid too) moves with its row
+                batch = _balance_batch(batch, self.actor.world_size, metrics,
+                                       keep_groups=cfg.actor_rollout_ref.model.share_prompt_prefix)
             with phase("reward"):
                 scored = self._score(batch)
                 batch["token_level_scores"] = scored.token_level_scores
@@ -249,6 +253,23 @@ def _phase(name: str, *, step: int, timing: dict[str, float]):
     fault_point(name, step)
     with timed(name, timing):
         yield
+
+
+def _balance_batch(batch: Batch, world_size: int, metrics: dict[str, float], keep_groups: bool) -> Batch:
+    """trainer.balance_batch (verl's `_balance_batch`): the rows reordered so that the `world_size` equal chunks
+    dispatch hands the workers have similar workloads (rl_trainer.workers.micro_batching.balanced_rank_order), and
+    verl's global_seqlen/* metrics. `keep_groups` (actor_rollout_ref.model.share_prompt_prefix, this project's
+    counterpart of verl's prefix grouper) balances whole uid groups, so each prompt's rollout.n rows stay side by
+    side on one rank and share one prompt forward; when the prompts do not divide over the ranks, rows are balanced
+    one by one (their prompts are then computed once per rank and micro-batch that holds them: same numbers).
+    Every column moves with its row (uid, data_source, rollout log-probs, ...), so the advantages, computed on the
+    whole batch by uid, are unchanged; scoring and dumps come later, in this order."""
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    uid = list(batch["uid"])
+    groups = uid if keep_groups and len(set(uid)) % world_size == 0 else None
+    order, parts = balanced_rank_order(lengths, world_size, groups)
+    metrics.update(seqlen_balance_metrics(lengths, parts))
+    return batch.index(order)
 
 
 def _generation_inputs(batch: Batch) -> Batch:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from rl_trainer.algos import compute_actor_loss, entropy_from_logits
 from rl_trainer.batch import Batch
 from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, micro_batches
+from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, in_row_order
 from rl_trainer.workers.forward import pad_responses, response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
 from rl_trainer.workers.rollout import SamplingParams, build_rollout
@@ -82,26 +83,30 @@ class ActorRolloutRefWorker(WorkerBase):
 
     # ----------------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
-    def _log_probs(self, model, batch: Batch, micro: int | None, with_entropy: bool):
+    def _log_probs(self, model, batch: Batch, section: str, with_entropy: bool):
+        """Log-probs (and entropies) of every row, in micro-batches of `section`'s log_prob_micro_batch_size_per_gpu
+        rows, or with its log_prob_use_dynamic_bsz of log_prob_max_token_len_per_gpu tokens; in the rows' order."""
         temperature = self.config.actor_rollout_ref.rollout.temperature
         share = self.config.actor_rollout_ref.model.share_prompt_prefix
+        cfg = OmegaConf.select(self.config, section)
+        micros, inverse = self.split_micro_batches(batch, cfg.log_prob_micro_batch_size_per_gpu,
+                                                   cfg.log_prob_use_dynamic_bsz, cfg.log_prob_max_token_len_per_gpu,
+                                                   f"{section}.log_prob_max_token_len_per_gpu")
         outs, entropies = [], []
-        for mb in micro_batches(batch, micro):
+        for mb in micros:
             log_probs, entropy = response_log_probs(model, mb, self.device, temperature, with_entropy, share)
             outs.append(log_probs.cpu())
             if with_entropy:
                 entropies.append(entropy.cpu())
-        return torch.cat(outs), (torch.cat(entropies) if with_entropy else None)
+        return in_row_order(outs, inverse), (in_row_order(entropies, inverse) if with_entropy else None)
 
     def compute_log_prob(self, batch: Batch) -> Batch:
         """old_log_probs (and per-token entropy for the actor/entropy metric) under the current actor."""
-        micro = self.config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu
-        log_probs, entropy = self._log_probs(self.actor.model, batch, micro, with_entropy=True)
+        log_probs, entropy = self._log_probs(self.actor.model, batch, "actor_rollout_ref.rollout", with_entropy=True)
         return Batch({"old_log_probs": log_probs, "entropys": entropy})
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
-        micro = self.config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu
-        log_probs, _ = self._log_probs(self.ref, batch, micro, with_entropy=False)
+        log_probs, _ = self._log_probs(self.ref, batch, "actor_rollout_ref.ref", with_entropy=False)
         return Batch({"ref_log_prob": log_probs})
 
     # ------------------------------------------------------------------------------------------- update

@@ -17,10 +17,13 @@ from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
 from rl_trainer.metrics import peak_rss_bytes
 from rl_trainer.workers import fsdp
+from rl_trainer.workers.micro_batching import inverse_permutation, token_budget_micro_batches
 
 
 # One micro-batch's part of an update: (micro_batch, agg_loss normalisers) -> (loss, averaged metrics, summed metrics).
 MicroLoss = Callable[[Batch, dict], tuple[torch.Tensor, dict[str, Any], dict[str, Any]]]
+# Where each role's update keys live in the config (for the messages that name them).
+SECTIONS = {"actor": "actor_rollout_ref.actor", "critic": "critic"}
 
 
 class WorkerBase:
@@ -95,13 +98,18 @@ class WorkerBase:
 
         For each of `section.ppo_epochs` epochs over this rank's rows, split into mini-batches of
         ppo_mini_batch_size * rollout.n / world_size rows (shuffled when `section.shuffle`), each an optimizer step:
-        gradients accumulate over its micro-batches of ppo_micro_batch_size_per_gpu rows (only the last one
-        synchronises them across ranks); `micro_loss(micro_batch, agg)` returns (loss, metrics, summed): `agg` holds
-        the global-batch normalisers (global_batch_info), so each micro-batch loss is already its share of the
-        mini-batch loss and no accumulation scaling is needed; `metrics` are averaged over micro-batches, `summed`
-        summed over a mini-batch's micro-batches (its share of the loss) and then averaged over mini-batches. Then
-        grad clip, a skipped step on a non-finite loss or gradient norm (trainer.nonfinite_grad), and one LR
-        scheduler step for the whole update. Metrics are averaged over ranks; `<role>/lr` is the LR it used.
+        gradients accumulate over its micro-batches (`split_micro_batches`: ppo_micro_batch_size_per_gpu rows, or
+        with use_dynamic_bsz a token budget of ppo_max_token_len_per_gpu; only the last one synchronises them
+        across ranks); `micro_loss(micro_batch, agg)` returns (loss, metrics, summed): `agg` holds the global-batch
+        normalisers (global_batch_info), so each micro-batch loss is already its share of the mini-batch loss and no
+        accumulation scaling is needed, whatever the micro-batches' sizes: the summed micro-batch losses are the
+        mini-batch's loss, so token-budget micro-batches give the fixed micro-batches' gradient up to float rounding
+        (verl 0.9.1's engine normalises the same way; its older dp_actor scaled each dynamic micro-batch's loss by
+        rows / mini-batch rows instead, which that normalisation makes unnecessary). `metrics` are averaged over
+        micro-batches (so ratios such as pg_clipfrac depend on the micro-batch split, as in verl), `summed` summed
+        over a mini-batch's micro-batches (its share of the loss) and then averaged over mini-batches. Then grad
+        clip, a skipped step on a non-finite loss or gradient norm (trainer.nonfinite_grad), and one LR scheduler
+        step for the whole update. Metrics are averaged over ranks; `<role>/lr` is the LR it used.
         """
         state = self.train_state
         mini_size = section.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n // self.world_size
@@ -113,7 +121,9 @@ class WorkerBase:
                 agg = self.global_batch_info(mini, mini_size, **agg_extra)
                 summed: dict[str, float] = defaultdict(float)
                 loss_finite = True
-                micros = micro_batches(mini, section.ppo_micro_batch_size_per_gpu)
+                micros, _ = self.split_micro_batches(mini, section.ppo_micro_batch_size_per_gpu, section.use_dynamic_bsz,
+                                                     section.ppo_max_token_len_per_gpu,
+                                                     f"{SECTIONS[role]}.ppo_max_token_len_per_gpu")
                 for i, mb in enumerate(micros):
                     state.model.set_requires_gradient_sync(i == len(micros) - 1)
                     loss, micro_metrics, micro_summed = micro_loss(mb, agg)
@@ -130,6 +140,25 @@ class WorkerBase:
         out = metrics.reduce(self.device)
         out[f"{role}/lr"] = lr
         return out
+
+    def split_micro_batches(self, batch: Batch, size: int | None, dynamic: bool, max_token_len: int,
+                            key: str) -> tuple[list[Batch], np.ndarray | None]:
+        """This rank's micro-batches of `batch`: consecutive chunks of at most `size` rows (None: one), or with
+        `dynamic` (use_dynamic_bsz) token-budget micro-batches of at most `max_token_len` prompt + response tokens
+        (rl_trainer.workers.micro_batching.token_budget_micro_batches; as many on every rank, a collective). With
+        `dynamic`, also the row order that puts the micro-batches' concatenated rows back in `batch`'s order
+        (`in_row_order`); None otherwise. `key` names max_token_len's config key in errors."""
+        if not dynamic:
+            return micro_batches(batch, size), None
+        lengths = batch.tensors["attention_mask"].sum(-1).tolist()
+        parts = token_budget_micro_batches(lengths, max_token_len, key, agree_max=self.global_max)
+        return [batch.index(part) for part in parts], inverse_permutation([i for part in parts for i in part])
+
+    def global_max(self, value: int) -> int:
+        """The largest `value` over this worker group's ranks (a collective)."""
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
@@ -177,6 +206,12 @@ def micro_batches(batch: Batch, size: int | None) -> list[Batch]:
     """Chunks of at most `size` rows (verl's micro-batches): the last may be shorter, and a size above the batch's
     gives the whole batch in one chunk; None = the whole batch."""
     return [batch] if not size else batch.split(size)
+
+
+def in_row_order(outputs: list[torch.Tensor], inverse: np.ndarray | None) -> torch.Tensor:
+    """The micro-batches' outputs, concatenated, in the rows' original order (`split_micro_batches`' inverse)."""
+    out = torch.cat(outputs)
+    return out if inverse is None else out[torch.from_numpy(inverse)]
 
 
 def mini_batches(batch: Batch, size: int, shuffle: bool, seed: int, update: int, epoch: int) -> list[Batch]:

@@ -9,7 +9,7 @@ import torch
 from rl_trainer.algos import compute_value_loss, masked_mean
 from rl_trainer.batch import Batch
 from rl_trainer.workers import fsdp
-from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, micro_batches
+from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, in_row_order
 from rl_trainer.workers.forward import pad_responses, unpadded_inputs
 from rl_trainer.workers.loading import load_value_model
 
@@ -44,11 +44,15 @@ class CriticWorker(WorkerBase):
 
     @torch.no_grad()
     def compute_values(self, batch: Batch) -> Batch:
+        """V of every row, in micro-batches of critic.forward_micro_batch_size_per_gpu rows, or with
+        critic.use_dynamic_bsz of critic.forward_max_token_len_per_gpu tokens; in the rows' order."""
+        cfg = self.config.critic
         model = self.critic.model
         model.eval()
-        values = [response_values(model, mb, self.device).cpu()
-                  for mb in micro_batches(batch, self.config.critic.forward_micro_batch_size_per_gpu)]
-        return Batch({"values": torch.cat(values)})
+        micros, inverse = self.split_micro_batches(batch, cfg.forward_micro_batch_size_per_gpu, cfg.use_dynamic_bsz,
+                                                   cfg.forward_max_token_len_per_gpu,
+                                                   "critic.forward_max_token_len_per_gpu")
+        return Batch({"values": in_row_order([response_values(model, mb, self.device).cpu() for mb in micros], inverse)})
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
         """PPO epochs of clipped value regression onto the returns (the shared skeleton, WorkerBase.ppo_update),
