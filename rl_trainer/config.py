@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rl_trainer import compat
 from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY
 from rl_trainer.checkpoint import RESUME_MODES
 from rl_trainer.data import TRUNCATION_MODES
@@ -115,9 +116,7 @@ def check_batch_arithmetic(cfg: DictConfig, world_size: int, use_critic: bool) -
 def _check_unsupported(cfg: DictConfig) -> None:
     """verl keys that are declared so verl command lines parse, but whose non-default values are not implemented."""
     arr = cfg.actor_rollout_ref
-    unsupported = {
-        "actor_rollout_ref.actor.strategy": (arr.actor.strategy, "fsdp"),
-        "critic.strategy": (cfg.critic.strategy, "fsdp"),
+    unsupported = {  # strategy: rl_trainer.compat (fsdp2 is a hint, others refused)
         "actor_rollout_ref.actor.use_dynamic_bsz": (arr.actor.use_dynamic_bsz, False),
         "critic.use_dynamic_bsz": (cfg.critic.use_dynamic_bsz, False),
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
@@ -142,6 +141,7 @@ def resolve_device(requested: str) -> str:
 
 def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> BatchPlan:
     """Check `cfg` and fill in derived values in place. `overrides` are the command-line overrides (for warnings)."""
+    compat.apply(cfg, overrides)  # verl keys rl_trainer does not implement, `+key`s, verl's older spellings
     arr, algo, trainer = cfg.actor_rollout_ref, cfg.algorithm, cfg.trainer
     with open_dict(cfg):
         # trainer.logger may be one name, as in verl's examples.
