@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY
 from rl_trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ class Refused:
     implemented: bool = False
 
 
+# verl 0.9.1's registered policy losses and advantage estimators (verl/trainer/ppo/core_algos.py).
+VERL_POLICY_LOSSES = ("bypass_mode", "cispo", "clip_cov", "dppo_kl", "dppo_tv", "dro", "geo_mean", "gpg", "gspo",
+                      "kl_cov", "sapo", "vanilla")
+VERL_ADV_ESTIMATORS = ("gae", "gdpo", "gpg", "grpo", "grpo_passk", "grpo_vectorized", "opo", "optimal_token_baseline",
+                       "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "rloo", "rloo_vectorized",
+                       "tir_optimal_token_baseline")
 _DYN = "dynamic batch sizes: in progress (use_dynamic_bsz)"
 _MEGATRON = Refused("*megatron*", "Megatron", "use --config-name ppo_trainer (FSDP2)")
 _LORA = "read only with LoRA (lora_rank > 0), which is refused"
@@ -100,11 +107,13 @@ RULES: tuple[Hint | Refused, ...] = (
     Hint("*multi_stage_wake_up", "the vLLM engine wakes in one stage (memory only)"),
     Hint("*nccl_timeout", "collectives use torch.distributed's default timeout"),
     Hint("*profiler*", "profiling is not wired here (use rl_trainer.tools.bench)"),
+    Hint("*.mixed_precision.buffer_dtype", "FSDP2 keeps buffers in the model's dtype (no buffer cast)"),
     Hint("*.wrap_policy.*", "FSDP2 shards every decoder layer (memory only)"),
     Hint("*offload_policy", "use fsdp_config.param_offload (CPUOffloadPolicy)"),
     Hint("*use_orig_params", "FSDP1 only; FSDP2 keeps the original parameters"),
     Hint("*entropy_from_logits_with_chunking", "entropy is computed in one pass (memory only)"),
     Hint("*entropy_from_logits_chunk_size", "entropy is computed in one pass (memory only)"),
+    Hint("*sum_pi_squared_checkpointing", "not recomputed in the backward pass (memory only)"),
     Hint("*entropy_checkpointing", "entropy is not recomputed in the backward pass (memory only)"),
     Hint("*use_no_sync_for_gradient_accumulation", "FSDP2 reduces gradients once per mini-batch (speed only)"),
     Hint("*pad_to_length*", "rows keep their own padding (speed only)"),
@@ -147,6 +156,15 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("actor_rollout_ref.rollout.nnodes", "a standalone rollout pool", "rollout shares the actor's workers"),
     Refused("actor_rollout_ref.rollout.n_gpus_per_node", "a standalone rollout pool",
             "rollout shares the actor's workers (trainer.n_gpus_per_node)"),
+    Refused("algorithm.adv_estimator", "ReMax (its greedy baseline rollout)",
+            "use grpo, rloo or reinforce_plus_plus_baseline", ("remax",), True),
+    Refused("algorithm.adv_estimator", "this advantage estimator (verl registers it, rl_trainer does not)",
+            f"use one of {', '.join(sorted(ADV_ESTIMATOR_REGISTRY))}",
+            tuple(sorted(set(VERL_ADV_ESTIMATORS) - set(ADV_ESTIMATOR_REGISTRY))), True),
+    Refused("actor_rollout_ref.actor.policy_loss.loss_mode", "this policy loss (verl registers it, rl_trainer does not)",
+            f"use one of {', '.join(sorted(POLICY_LOSS_REGISTRY))}",
+            tuple(sorted(set(VERL_POLICY_LOSSES) - set(POLICY_LOSS_REGISTRY))), True),
+    Refused("trainer.device", "Ascend NPUs", "use trainer.device=cuda or cpu", ("npu",), True),
     Refused("actor_rollout_ref.rollout.name", "the SGLang / TensorRT-LLM rollout",
             "use actor_rollout_ref.rollout.name=vllm (GPU) or hf", ("sglang", "trtllm"), True),
     Refused("*.quantization*", "quantized rollout", "roll out in the actor's dtype"),
@@ -197,6 +215,7 @@ RULES: tuple[Hint | Refused, ...] = (
     # Rewards.
     Hint("*reward_manager*", "rl_trainer's reward manager is verl's naive one", ("naive",)),
     Refused("*reward_manager*", "this reward manager", "use reward_manager=naive with custom_reward_function.path"),
+    Hint("reward_model.use_reward_loop", "rewards are computed in the driver (speed only)"),
     Refused("reward.reward_model.*", "the reward model worker (until a later issue)", _RM),
     Refused("reward_model.*", "the reward model worker (until a later issue)", _RM),
     Refused("*sandbox_fusion.*", "sandboxed code execution rewards", "score in custom_reward_function.path"),
@@ -223,6 +242,13 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("trainer.default_hdfs_dir", "HDFS checkpoint upload", "use trainer.default_local_dir"),
     Refused("trainer.del_local_ckpt_after_load", "deleting checkpoints after loading", "use max_actor_ckpt_to_keep"),
     Refused("trainer.v1.*", "verl's v1 trainer options", "rl_trainer has one trainer loop"),
+    Hint("trainer.use_legacy_worker_impl", "rl_trainer has one worker implementation"),
+    Refused("*router_replay.*", "MoE routing replay", "leave router_replay unset"),
+    Refused("data.datagen.*", "generated datasets", "use parquet files in verl's schema (data.train_files)"),
+    Refused("data.sampler.*", "a custom data sampler", "use data.shuffle / data.seed"),
+    Refused("actor_rollout_ref.rollout.skip_*", "skipping rollouts from a dump", "generate every step"),
+    Refused("*load_weight", "Megatron weight loading", "use --config-name ppo_trainer (FSDP2)"),
+    Hint("actor_rollout_ref.rollout.layer_name_map.*", "Megatron's layer names; not used by the FSDP2 engine"),
     Refused("transfer_queue.*", "the TransferQueue data plane", "batches move through Ray"),
     Refused("skip.*", "skipping rollouts from a dump", "generate every step"),
     Refused("ray_kwargs.ray_init.runtime_env.*", "a Ray runtime_env", "workers run this Python environment"),

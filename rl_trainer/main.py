@@ -28,7 +28,10 @@ def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
     """verl scripts pass `--config-path=config --config-name=ppo_trainer` (or -cp / -cn), meaning verl's own config
     directory; Hydra would look for `config` beside rl_trainer/main.py and fail. Returns (argv with the path made
     absolute, config dir, config name): a relative path that exists from the working directory is taken from there,
-    one that does not becomes rl_trainer's configs/ (with a notice); a config name that directory lacks is an error."""
+    one that does not becomes rl_trainer's configs/ (with a notice); a config name that directory lacks is an error.
+    A `+key=value` becomes `++key=value` (add or override): verl scripts add with `+` keys their verl version lacked,
+    which Hydra would refuse here because rl_trainer declares them ("An item is already at ..."); a `+key` that
+    nothing reads is still refused, by rl_trainer.compat. Config groups (`+variant=grpo`) keep their `+`."""
     argv, config_dir, name = list(argv), CONFIG_DIR, "ppo_trainer"
     flags = {"--config-path": "path", "-cp": "path", "--config-name": "name", "-cn": "name"}
     i = 0
@@ -52,6 +55,10 @@ def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
                       "which hold verl's config names (ppo_trainer, ppo_megatron_trainer)", file=sys.stderr)
             argv[i] = f"--config-path={config_dir}"
         i += 1
+    for i, arg in enumerate(argv):
+        key = arg.split("=", 1)[0]
+        if key.startswith("+") and not key.startswith("++") and not (Path(config_dir) / key[1:]).is_dir():
+            argv[i] = "+" + arg
     if not (Path(config_dir) / f"{name}.yaml").is_file():
         shipped = ", ".join(sorted(p.stem for p in Path(CONFIG_DIR).glob("ppo*.yaml")))
         raise UserError(f"--config-name={name}: no {name}.yaml in {config_dir}; rl_trainer's configs are {shipped} "

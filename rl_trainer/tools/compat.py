@@ -20,8 +20,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rl_trainer.compat import (CONFIG_DIR, GLOBAL_MICRO_BATCH_KEYS, RENAMES, RULES, Hint, Refused, flatten,
-                               implemented_keys, rule_for)
+from rl_trainer.compat import (CONFIG_DIR, GLOBAL_MICRO_BATCH_KEYS, OPEN_DICTS, RENAMES, RULES, Hint, Refused,
+                               flatten, implemented_keys, rule_for)
 
 ROOT = CONFIG_DIR.parent
 FIXTURE = ROOT / "tests" / "data" / "verl_0.9.1_keys.json"
@@ -99,14 +99,33 @@ def _declarable(keys: dict, taken: set[str]) -> dict:
             if k not in taken and k not in prefixes and not any(k.startswith(t + ".") for t in taken)}
 
 
+def _older(fixture: dict, name: str) -> dict:
+    """Keys of the older verl in the fixture (its `older` section) that 0.9.1 lacks, minus those below a free-form
+    kwargs dict (OPEN_DICTS: they are keyword arguments there, not keys)."""
+    keys = fixture.get("older", {}).get(name, {})
+    return {k: v for k, v in keys.items() if not any(k.startswith(p + ".") for p in OPEN_DICTS)}
+
+
 def verl_keys_items(fixture: dict) -> dict:
-    return _declarable(fixture["ppo_trainer"], set(implemented_keys()))
+    """0.9.1's keys that ppo_trainer.yaml lacks, then the older verl's that clash with neither."""
+    current = _declarable(fixture["ppo_trainer"], set(implemented_keys()))
+    older = _declarable(_older(fixture, "ppo_trainer"), set(implemented_keys()) | set(_solid(fixture["ppo_trainer"])))
+    return {k: v for k, v in {**current, **older}.items() if not any(o.startswith(k + ".") for o in older)}
+
+
+def _solid(keys: dict) -> dict:
+    """`keys` minus the empty dicts: an older verl's keys below one of them extend it (0.9.1's
+    engine_kwargs.sglang = {} vs the older engine_kwargs.sglang.attention_backend)."""
+    return {k: v for k, v in keys.items() if v != {}}
 
 
 def megatron_items(fixture: dict) -> dict:
     """Keys only verl's megatron config has, and the values it gives keys both configs have."""
     ppo, meg = fixture["ppo_trainer"], fixture["ppo_megatron_trainer"]
-    return {k: v for k, v in meg.items() if k not in ppo or ppo[k] != v}
+    declared = set(verl_keys_items(fixture)) | set(implemented_keys())
+    current = {k: v for k, v in meg.items() if k not in ppo or ppo[k] != v}
+    older = _declarable(_older(fixture, "ppo_megatron_trainer"), declared | set(meg))
+    return {**current, **older}
 
 
 def expected_files() -> dict[Path, str]:
@@ -127,9 +146,8 @@ def expected_files() -> dict[Path, str]:
 
 def counts(fixture: dict) -> dict[str, dict[str, int]]:
     out = {}
-    for name, keys in fixture.items():
-        if name.startswith("_"):
-            continue
+    for name in ("ppo_trainer", "ppo_megatron_trainer"):
+        keys = fixture[name]
         tally = {"implemented": 0, "hint": 0, "refused": 0}
         for key in keys:
             tally[status(key)[0]] += 1
@@ -156,20 +174,47 @@ def render_table(fixture: dict) -> str:
         "|---|---|---|---|",
         *(f"| {name} | {t['implemented']} | {t['hint']} | {t['refused']} |" for name, t in tally.items()),
         "",
+        f"Rows marked (older verl) are keys of verl at {fixture.get('older', {}).get('commit', '?')[:10]} (the "
+        "examples corpus of tests/test_verl_examples.py) that 0.9.1 no longer has; they parse too.",
+        "",
         "| key | verl default | status | note |",
         "|---|---|---|---|",
     ]
-    for key, default in {**ppo, **{k: v for k, v in meg.items() if k not in ppo}}.items():
+    older = {**_older(fixture, "ppo_trainer"), **_older(fixture, "ppo_megatron_trainer")}
+    for key, default in {**ppo, **{k: v for k, v in meg.items() if k not in ppo},
+                         **{k: v for k, v in older.items() if k not in ppo and k not in meg}}.items():
         kind, note = status(key)
-        where = "" if key in ppo else " (megatron)"
+        where = "" if key in ppo else " (megatron)" if key in meg else " (older verl)"
         lines.append(f"| `{key}`{where} | `{_scalar(default)}` | {kind} | {note} |".replace("||", "| |"))
     return "\n".join(lines) + "\n"
 
 
+def _keys_of(text: str) -> dict:
+    raw = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    return {k: v for k, v in flatten(raw).items() if not k.endswith("_target_")}
+
+
+def write_older(git_dir: Path, rev: str) -> None:
+    """Add the keys of verl's generated configs at `rev` of a verl clone that 0.9.1 lacks (the `older` section)."""
+    import subprocess
+
+    def show(path: str) -> str:
+        return subprocess.run(["git", "-C", str(git_dir), "show", f"{rev}:{path}"], capture_output=True, text=True,
+                              check=True).stdout
+
+    data = load_fixture()
+    commit = subprocess.run(["git", "-C", str(git_dir), "rev-parse", rev], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    data["older"] = {"commit": commit}
+    for name in ("ppo_trainer", "ppo_megatron_trainer"):
+        keys = _keys_of(show(f"verl/trainer/config/_generated_{name}.yaml"))
+        data["older"][name] = {k: v for k, v in keys.items() if k not in data[name]}
+    FIXTURE.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def write_fixture(verl_dir: Path) -> None:
     def load(name: str) -> dict:
-        raw = OmegaConf.to_container(OmegaConf.load(verl_dir / "verl/trainer/config" / name), resolve=False)
-        return {k: v for k, v in flatten(raw).items() if not k.endswith("_target_")}
+        return _keys_of((verl_dir / "verl/trainer/config" / name).read_text())
 
     data = {"_about": "verl 0.9.1's config keys (dotted key -> default, interpolations unresolved) from "
                       "verl/trainer/config/_generated_ppo_trainer.yaml and _generated_ppo_megatron_trainer.yaml "
@@ -185,9 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write the generated files")
     parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is out of date")
     parser.add_argument("--fixture-from", type=Path, help="rebuild the key list from an unpacked verl wheel")
+    parser.add_argument("--older-from", nargs=2, metavar=("GIT_DIR", "REV"),
+                        help="add the keys an older verl (a clone's REV) has and 0.9.1 lacks")
     args = parser.parse_args(argv)
     if args.fixture_from:
         write_fixture(args.fixture_from)
+    if args.older_from:
+        write_older(Path(args.older_from[0]), args.older_from[1])
     stale = []
     for path, text in expected_files().items():
         if not path.exists() or path.read_text() != text:
