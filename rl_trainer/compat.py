@@ -273,8 +273,6 @@ RENAMES = (
      "actor_rollout_ref.rollout.update_weights_bucket_megabytes"),
     ("actor_rollout_ref.actor.optim.clip_grad", "actor_rollout_ref.actor.grad_clip"),
     ("critic.optim.clip_grad", "critic.grad_clip"),
-    ("actor_rollout_ref.actor.optim.lr_scheduler_type", "actor_rollout_ref.actor.optim.warmup_style"),
-    ("critic.optim.lr_scheduler_type", "critic.optim.warmup_style"),
 )
 # (verl's deprecated global micro-batch key, its per-GPU key): `normalise_global_micro`.
 GLOBAL_MICRO_BATCH_KEYS = (

@@ -149,8 +149,6 @@ def test_older_spellings():
     assert cfg.actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes == 256
     cfg = checked(["critic.model.fsdp_config.reshard_after_forward=false"])
     assert cfg.critic.fsdp.reshard_after_forward is False
-    cfg = checked(["actor_rollout_ref.actor.optim.warmup_style=cosine"])
-    assert cfg.actor_rollout_ref.actor.optim.lr_scheduler_type == "cosine"
     with pytest.raises(UserError, match="disagree .* set only critic.fsdp.param_offload"):
         checked(["critic.model.fsdp_config.param_offload=true", "critic.fsdp.param_offload=false"])
     checked(["critic.model.fsdp_config.param_offload=true", "critic.fsdp.param_offload=true"])  # agree: fine
