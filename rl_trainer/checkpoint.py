@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from rl_trainer.atomic import atomic_write, fsync_path, fsync_tree
 from rl_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -46,36 +47,6 @@ def step_of(path: str | os.PathLike) -> int:
 def is_complete(path: str | os.PathLike) -> bool:
     """Whether `path` is a checkpoint directory whose writing finished (it holds the completion marker)."""
     return (Path(path) / COMPLETE_MARKER).is_file()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file, then every directory (deepest first), so the data is on disk before the rename."""
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            if not os.path.islink(os.path.join(dirpath, name)):
-                _fsync_path(Path(dirpath, name))
-        _fsync_path(Path(dirpath))
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)` into a temporary sibling, fsync it, then rename over `path` (readers see old or new)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        write(tmp)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_path(path.parent)
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:
@@ -135,7 +106,7 @@ class CheckpointManager:
         if tmp_dir.parent != self.root or not tmp_dir.is_dir():
             raise ValueError(f"{tmp_dir} is not a directory from begin() under {self.root}")
         atomic_write(tmp_dir / COMPLETE_MARKER, lambda tmp: tmp.write_text(f"{step}\n"))
-        _fsync_tree(tmp_dir)
+        fsync_tree(tmp_dir)
 
         final = self.step_dir(step)
         stale = None
@@ -143,7 +114,7 @@ class CheckpointManager:
             stale = self.root / f".global_step_{step}.old-{uuid.uuid4().hex}"
             os.replace(final, stale)
         os.replace(tmp_dir, final)
-        _fsync_path(self.root)
+        fsync_path(self.root)
         # The tracker goes last: until it is rewritten, the previous checkpoint stays the latest.
         atomic_write(self.tracker_path, lambda tmp: tmp.write_text(str(step)))
         if stale is not None:

@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rl_trainer.algos.grouping import group_rows
+from rl_trainer.atomic import atomic_write
 from rl_trainer.batch import Batch
-from rl_trainer.checkpoint import atomic_write
 from rl_trainer.errors import UserError
 
 DUMP_KEYS = ("trainer.rollout_data_dir", "trainer.validation_data_dir")
@@ -111,12 +112,9 @@ def generation_records(batch: Batch, tokenizer: Any, step: int,
 
 def _group_stats(values: list[float], uids: Sequence[Any]) -> tuple[list[float], list[float | None]]:
     """Per row: mean and Bessel-corrected std of `values` over the rows with the same uid (std None for one row)."""
-    rows_of: dict[Any, list[int]] = {}
-    for row, uid in enumerate(uids):
-        rows_of.setdefault(uid, []).append(row)
     mean: list[float] = [0.0] * len(values)
     std: list[float | None] = [None] * len(values)
-    for rows in rows_of.values():
+    for rows in group_rows(uids).values():
         group = torch.tensor([values[r] for r in rows], dtype=torch.float64)
         group_mean, group_std = group.mean().item(), group.std().item() if len(rows) > 1 else None
         for r in rows:

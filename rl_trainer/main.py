@@ -75,6 +75,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     from rl_trainer.config import needs_reference, validate_config
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
+    quiet_libraries()
 
     from rl_trainer.checkpoint import CheckpointManager, step_of
     from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
@@ -201,6 +202,18 @@ def check_local_resources(cfg: DictConfig) -> None:
         )
 
 
+def quiet_libraries() -> None:
+    """Keep the driver's console to what a user reads: the run and placement lines, the progress bar, the metrics
+    lines, and warnings that ask for an action. Off: datasets' progress bars (every "Generating train split",
+    per-dataset map bar and "Creating parquet from Arrow format" of the data preparation) and transformers' loading
+    bars. Worker processes quiet themselves (rl_trainer.workers.common.WorkerBase)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _init_ray(cfg: DictConfig) -> None:
     import ray
 
@@ -210,7 +223,7 @@ def _init_ray(cfg: DictConfig) -> None:
     address = ray_address(cfg)
     if address:  # join a running cluster (ray start --head / --address on every node); its nodes set the CPUs
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         except ConnectionError as exc:
             source = "ray_kwargs.ray_init.address" if cfg.ray_kwargs.ray_init.get("address") else "RAY_ADDRESS"
             raise UserError(f"cannot join the Ray cluster at {source}={address}: {str(exc).splitlines()[0]}; start it "
@@ -219,7 +232,7 @@ def _init_ray(cfg: DictConfig) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": a new local Ray even if RAY_ADDRESS is set (ray_kwargs.ray_init.address=local)
         ray.init(address="local", num_cpus=cfg.ray_kwargs.ray_init.num_cpus, include_dashboard=False,
-                 log_to_driver=True)
+                 log_to_driver=True, logging_level=logging.WARNING)  # no "Started a local Ray instance" line
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)

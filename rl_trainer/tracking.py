@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 
 from tqdm import tqdm
 
+from rl_trainer.atomic import atomic_write
 from rl_trainer.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -142,12 +143,8 @@ class Tracking:
             raise RuntimeError("Tracking.truncate_after called after finish()")
         self._jsonl.close()
         kept = [line for line, record in _read_lines(self.metrics_path) if record["step"] <= step]
-        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.metrics_path)
+        atomic_write(self.metrics_path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept),
+                                                                   encoding="utf-8"))
         self._jsonl = _open_for_append(self.metrics_path)
 
     def finish(self) -> None:

@@ -12,35 +12,12 @@ n - 1 in the denominator) over the group's scores in row order, as verl does.
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
-
 import numpy as np
 import torch
 
+from rl_trainer.algos.grouping import group_mean_std, group_rows
 from rl_trainer.algos.masked import masked_whiten
 from rl_trainer.algos.registry import register_adv_est
-
-
-def _group_rows(index: np.ndarray | Sequence[Hashable] | torch.Tensor) -> dict[Hashable, list[int]]:
-    """Group id -> the rows carrying it, in row order (groups in order of first appearance)."""
-    keys = index.tolist() if hasattr(index, "tolist") else list(index)
-    groups: dict[Hashable, list[int]] = {}
-    for row, key in enumerate(keys):
-        groups.setdefault(key, []).append(row)
-    return groups
-
-
-def _group_mean_std(scores: torch.Tensor, groups: dict[Hashable, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row group mean and std of `scores` (bs,). A group of one gets mean 0 and std 1 (verl's
-    convention: its score passes through, up to the division by 1 + epsilon)."""
-    mean = torch.zeros_like(scores)
-    std = torch.ones_like(scores)
-    for rows in groups.values():
-        if len(rows) > 1:
-            group_scores = scores[rows]
-            mean[rows] = torch.mean(group_scores)
-            std[rows] = torch.std(group_scores)
-    return mean, std
 
 
 @register_adv_est("gae")
@@ -116,7 +93,7 @@ def compute_grpo_outcome_advantage(
     """
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
-        mean, std = _group_mean_std(scores, _group_rows(index))
+        mean, std = group_mean_std(scores, group_rows(index))
         if norm_adv_by_std_in_grpo:
             scores = (scores - mean) / (std + epsilon)
         else:
@@ -149,7 +126,7 @@ def compute_grpo_passk_outcome_advantage(
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
         advantages = torch.zeros_like(scores)
-        for key, rows in _group_rows(index).items():
+        for key, rows in group_rows(index).items():
             group_scores = scores[rows]
             if group_scores.numel() < 2:
                 raise ValueError(
@@ -186,7 +163,7 @@ def compute_reinforce_plus_plus_baseline_outcome_advantage(
     """
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
-        mean, _ = _group_mean_std(scores, _group_rows(index))
+        mean, _ = group_mean_std(scores, group_rows(index))
         scores = (scores - mean).unsqueeze(-1).tile([1, token_level_rewards.shape[-1]]) * response_mask
         scores = masked_whiten(scores, response_mask) * response_mask
     return scores, scores
@@ -212,7 +189,7 @@ def compute_rloo_outcome_advantage(
     with torch.no_grad():
         scores = token_level_rewards.sum(dim=-1)
         advantages = scores.clone()
-        for rows in _group_rows(index).values():
+        for rows in group_rows(index).values():
             n = len(rows)
             if n > 1:
                 group_scores = scores[rows]
@@ -242,7 +219,7 @@ def compute_opo_outcome_advantage(
         lengths = response_mask.sum(dim=-1)
         scores = token_level_rewards.sum(dim=-1)
         advantages = scores.clone()
-        for rows in _group_rows(index).values():
+        for rows in group_rows(index).values():
             if len(rows) > 1:
                 group_lengths = lengths[rows]
                 baseline = (group_lengths * scores[rows]).sum() / group_lengths.sum()
@@ -330,7 +307,7 @@ def compute_gpg_outcome_advantage(
         scores = token_level_rewards.sum(dim=-1)
         n_nonzero = torch.count_nonzero(scores)
         alpha = scores.shape[0] / n_nonzero.clamp(min=1)
-        mean, _ = _group_mean_std(scores, _group_rows(index))
+        mean, _ = group_mean_std(scores, group_rows(index))
         scores = alpha * (scores - mean) / f_norm
         scores = scores.unsqueeze(-1) * response_mask
     return scores, scores

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import datasets
 
+from rl_trainer.atomic import atomic_write
 from rl_trainer.errors import UserError
 
 
@@ -33,10 +34,5 @@ def write_parquet_splits(
         raise UserError(f"cannot create output directory {out_dir} ({e.strerror}); choose a writable path") from e
     tables = build()
     for split, path in paths.items():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tables[split].to_parquet(str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp, table=tables[split]: table.to_parquet(str(tmp)))
     return paths

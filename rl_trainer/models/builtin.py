@@ -27,10 +27,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from rl_trainer.atomic import publish_dir, temp_sibling
 from rl_trainer.cache import cache_root
 from rl_trainer.errors import UserError
 
@@ -114,7 +114,8 @@ def ensure_builtin_model(name: str = "tiny-qwen2", seed: int = 0, cache_dir: str
             f"set RL_TRAINER_CACHE to a writable directory"
         ) from e
     _remove_stale_builds(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = temp_sibling(target)
+    tmp.mkdir()
     try:
         print(f"building the built-in model {BUILTIN_PREFIX}{name} (seed {seed}) in {target} (first run only)", flush=True)
         start = time.perf_counter()
@@ -123,7 +124,7 @@ def ensure_builtin_model(name: str = "tiny-qwen2", seed: int = 0, cache_dir: str
         marker = {"name": name, "seed": seed, "cache_version": CACHE_VERSION, "build_seconds": seconds}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         try:
-            os.rename(tmp, target)  # atomic; fails if another builder's complete directory is already there
+            publish_dir(tmp, target)  # one rename; fails if another builder's complete directory is already there
         except OSError:
             if not _is_complete(target):
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import warnings
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -32,9 +33,7 @@ class WorkerBase:
             # OMP/MKL thread counts come from the actor's runtime_env (they must be set before torch is imported).
             torch.set_num_threads(threads)
         self.device: torch.device | None = None
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per rank is noise
+        quiet_worker_console(rank)
 
     train_state: fsdp.TrainState  # the trained model of this worker, set by init_model
 
@@ -120,6 +119,17 @@ class WorkerBase:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def quiet_worker_console(rank: int) -> None:
+    """No "Loading weights" bar per rank; and every rank runs the same code, so a library warning (Python warnings,
+    transformers' logger) is shown once, by rank 0 of the group, instead of once per worker."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    if rank != 0:
+        warnings.simplefilter("ignore")
+        transformers.utils.logging.set_verbosity_error()
 
 
 def freeze_startup_objects() -> None:

@@ -18,6 +18,9 @@ attention weight), only the work.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import DynamicCache
 
@@ -64,6 +67,22 @@ def prompt_groups(prompts: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[tor
     return first, inverse
 
 
+def with_cache(model: torch.nn.Module, cache) -> dict:
+    """The keyword arguments that hand `cache` (a transformers Cache) to `model`'s forward, with use_cache=True.
+
+    transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns a FutureWarning on
+    every call and goes in 5.40); older releases, and remote-code models written for them, take `past_key_values`.
+    The name is read from the forward's signature, so each model gets the one it declares.
+    """
+    return {_cache_parameter(type(model)): cache, "use_cache": True}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_parameter(model_cls: type) -> str:
+    params = inspect.signature(model_cls.forward).parameters  # follows the decorators' __wrapped__
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
 def prefill_distinct_prompts(model: torch.nn.Module, prompts: torch.Tensor, mask: torch.Tensor,
                              positions: torch.Tensor, cache) -> torch.Tensor | None:
     """Run the model once per distinct prompt into `cache`, then give every row a copy of its prompt's keys and
@@ -73,7 +92,7 @@ def prefill_distinct_prompts(model: torch.nn.Module, prompts: torch.Tensor, mask
     if len(first) == len(prompts):
         return None
     logits = model(input_ids=prompts[first], attention_mask=mask[first], position_ids=positions[first],
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                   logits_to_keep=1, **with_cache(model, cache)).logits[:, -1]
     cache.batch_select_indices(inverse)
     return logits[inverse]
 
@@ -99,8 +118,7 @@ def response_logits(model: torch.nn.Module, batch: Batch, device: torch.device, 
             if response_len == 1:  # the prompt pass scores the only response token
                 return head[:, None]
             rest = model(input_ids=t["responses"][:, :-1], attention_mask=t["attention_mask"][:, :-1],
-                         position_ids=t["position_ids"][:, prompt_len:-1], past_key_values=cache,
-                         use_cache=True).logits
+                         position_ids=t["position_ids"][:, prompt_len:-1], **with_cache(model, cache)).logits
             return torch.cat([head[:, None], rest], dim=1)
     logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
                    use_cache=False, logits_to_keep=response_len + 1).logits

@@ -1,4 +1,11 @@
-"""Loading models and tokenizers with `from_pretrained` (hub id or local directory), with one-line errors."""
+"""Loading models and tokenizers with `from_pretrained` (hub id or local directory), with one-line errors.
+
+Only the errors that mean "this is not something from_pretrained can read" become a one-line UserError: OSError
+(missing directory or file, invalid hub id, unreadable config.json) and ValueError from reading a config or a
+tokenizer (no or unknown `model_type`, no tokenizer files, remote code not trusted), a model type the Auto class
+has no head for, and SafetensorError (a corrupt weights file). Anything else -- out of memory, a bug in model
+code, an interrupt -- propagates with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,15 @@ import os
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from rl_trainer.errors import UserError
+
+# What from_pretrained raises for a path it cannot read as a config / tokenizer (see the module docstring).
+_UNREADABLE_FILES = (OSError, ValueError)
+# For the weights, after the config was read: a ValueError there comes from model code, so it propagates.
+_UNREADABLE_WEIGHTS = (OSError, SafetensorError)
 
 
 def _explain(path: str, key: str, exc: Exception) -> UserError:
@@ -21,7 +34,7 @@ def _explain(path: str, key: str, exc: Exception) -> UserError:
 def load_tokenizer(path: str, key: str = "actor_rollout_ref.model.path", trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:  # OSError, ValueError, ... from the hub/local loader
+    except _UNREADABLE_FILES as exc:
         raise _explain(path, key, exc) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -31,7 +44,7 @@ def load_tokenizer(path: str, key: str = "actor_rollout_ref.model.path", trust_r
 def _model_config(path: str, key: str, trust_remote_code: bool, override_config: dict | None):
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
-    except Exception as exc:
+    except _UNREADABLE_FILES as exc:
         raise _explain(path, key, exc) from exc
     for name, value in (override_config or {}).items():
         setattr(config, name, value)
@@ -40,10 +53,14 @@ def _model_config(path: str, key: str, trust_remote_code: bool, override_config:
 
 def _from_pretrained(auto_cls, path: str, key: str, config, dtype: torch.dtype, trust_remote_code: bool,
                      gradient_checkpointing: bool) -> Any:
+    remote = auto_cls.__name__ in (getattr(config, "auto_map", None) or {}) and trust_remote_code
+    if not remote and type(config) not in auto_cls._model_mapping:
+        raise UserError(f"{key}={path}: its model type {config.model_type!r} has no {auto_cls.__name__} in "
+                        f"transformers; pass a model whose architecture has one (e.g. a Llama or Qwen2 decoder)")
     try:
         model = auto_cls.from_pretrained(os.path.expanduser(path), config=config, dtype=dtype,
                                          trust_remote_code=trust_remote_code)
-    except Exception as exc:
+    except _UNREADABLE_WEIGHTS as exc:
         raise _explain(path, key, exc) from exc
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
+from rl_trainer.workers.forward import with_cache
 from rl_trainer.workers.rollout.base import SamplingParams
 from rl_trainer.workers.rollout.hf import HFRollout, _reserved_cache
 from rl_trainer.workers.rollout.native_decode import NativeDecodeStep
@@ -89,13 +90,13 @@ def test_native_decode_step_equals_the_model_forward(tiny_models, arch):
     with torch.no_grad():
         for _ in range(2):
             caches.append(_reserved_cache(model.config, 16))
-            model(input_ids=prompts, attention_mask=mask, position_ids=positions, past_key_values=caches[-1], use_cache=True)
+            model(input_ids=prompts, attention_mask=mask, position_ids=positions, **with_cache(model, caches[-1]))
         for t in range(6):
             tokens = torch.randint(3, model.config.vocab_size, (3,), generator=g)
             mask = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
             pos = positions[:, -1] + t + 1
             reference = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
-                              past_key_values=caches[0], use_cache=True).logits[:, -1]
+                              **with_cache(model, caches[0])).logits[:, -1]
             torch.testing.assert_close(step(tokens, mask, pos, caches[1]), reference, rtol=1e-5, atol=1e-5)
     for a, b in zip(caches[0].layers, caches[1].layers):
         torch.testing.assert_close(b.keys, a.keys)

@@ -32,7 +32,7 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
-from rl_trainer.workers.forward import prefill_distinct_prompts, unpadded_columns
+from rl_trainer.workers.forward import prefill_distinct_prompts, unpadded_columns, with_cache
 from rl_trainer.workers.rollout.base import Rollout, SamplingParams, assemble, response_mask_from_eos
 from rl_trainer.workers.rollout.native_decode import NativeDecodeStep, unsupported_reason
 
@@ -104,7 +104,7 @@ class HFRollout(Rollout):
         if self.native_step is not None:
             return self.native_step(tokens, mask, positions, cache)
         return self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
-                          past_key_values=cache, use_cache=True).logits[:, -1]
+                          **with_cache(self.model, cache)).logits[:, -1]
 
     def _prefill(self, prompts: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
         """The cache of every row's prompt and the logits after its last token; computed once per distinct prompt
@@ -112,8 +112,8 @@ class HFRollout(Rollout):
         cache = _reserved_cache(self.model.config, prompts.shape[1] + self.response_length)
         logits = prefill_distinct_prompts(self.model, prompts, mask, positions, cache) if self.share_prompts else None
         if logits is None:  # not sharing, or no prompt repeats
-            logits = self.model(input_ids=prompts, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = self.model(input_ids=prompts, attention_mask=mask, position_ids=positions, logits_to_keep=1,
+                                **with_cache(self.model, cache)).logits[:, -1]
         return cache, logits
 
 
