@@ -156,8 +156,6 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("actor_rollout_ref.rollout.nnodes", "a standalone rollout pool", "rollout shares the actor's workers"),
     Refused("actor_rollout_ref.rollout.n_gpus_per_node", "a standalone rollout pool",
             "rollout shares the actor's workers (trainer.n_gpus_per_node)"),
-    Refused("algorithm.adv_estimator", "ReMax (its greedy baseline rollout)",
-            "use grpo, rloo or reinforce_plus_plus_baseline", ("remax",), True),
     Refused("algorithm.adv_estimator", "this advantage estimator (verl registers it, rl_trainer does not)",
             f"use one of {', '.join(sorted(ADV_ESTIMATOR_REGISTRY))}",
             tuple(sorted(set(VERL_ADV_ESTIMATORS) - set(ADV_ESTIMATOR_REGISTRY))), True),

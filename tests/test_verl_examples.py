@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = json.loads((ROOT / "tests" / "data" / "verl_examples.json").read_text())
 LINES = CORPUS["lines"]
-FEATURE = re.compile(r"rl_trainer does not implement (.+?); |^(\S+)=\S+ is not supported by rl_trainer yet; ")
+# rl_trainer.compat's refusals, and rl_trainer.config's older one-line refusals (naming the key or what is missing).
+FEATURE = re.compile(r"rl_trainer does not implement (.+?); |^(\S+)=\S+ is not supported by rl_trainer yet; "
+                     r"|^\S+ needs (.+?), which rl_trainer does not ")
 VERL_KEYS = json.loads((ROOT / "tests" / "data" / "verl_0.9.1_keys.json").read_text())
 KNOWN_KEYS = {k for name in ("ppo_trainer", "ppo_megatron_trainer") for section in (VERL_KEYS, VERL_KEYS["older"])
               for k in section[name]}
@@ -80,7 +82,7 @@ def classify(overrides: list[str], fast: bool = True) -> tuple[str, str]:
         validate_config(cfg, plain)
     except UserError as exc:
         match = FEATURE.search(str(exc))
-        return ("refused", match.group(1) or match.group(2)) if match and "\n" not in str(exc) else ("error", str(exc))
+        return ("refused", next(g for g in match.groups() if g)) if match and "\n" not in str(exc) else ("error", str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         return "error", f"{type(exc).__name__}: {exc}"
     return "valid", ""
