@@ -46,10 +46,16 @@ def status(key: str) -> tuple[str, str]:
             if rule.implemented and rule_for(key, rule.values[0] if rule.values else None, True) is rule:
                 notes.append(_describe(rule))
         return "implemented", "; ".join(notes)
-    rule = rule_for(key)
-    if rule is None:
+    rules = []  # the rules for this key's values, up to the first that takes any value
+    for rule in RULES:
+        if rule_for(key, rule.values[0] if rule.values else None) is rule:
+            rules.append(rule)
+            if rule.values is None:
+                break
+    if not rules:
         raise SystemExit(f"no rule in rl_trainer/compat.py covers verl key {key}; add a Hint or Refused rule")
-    return ("hint" if isinstance(rule, Hint) else "refused"), _describe(rule)
+    kind = "refused" if any(isinstance(r, Refused) for r in rules) else "hint"
+    return kind, "; ".join(_describe(r) for r in rules)
 
 
 def _describe(rule: Hint | Refused) -> str:
