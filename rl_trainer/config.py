@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rl_trainer import compat
 from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY
 from rl_trainer.checkpoint import RESUME_MODES
 from rl_trainer.data import TRUNCATION_MODES
@@ -216,14 +217,10 @@ def check_choices(cfg: DictConfig) -> None:
 def check_unsupported(cfg: DictConfig) -> None:
     """verl keys that are declared so verl command lines parse, but whose non-default values are not implemented."""
     arr = cfg.actor_rollout_ref
-    unsupported = {
-        "actor_rollout_ref.actor.strategy": (arr.actor.strategy, "fsdp"),
-        "critic.strategy": (cfg.critic.strategy, "fsdp"),
-        "actor_rollout_ref.actor.use_dynamic_bsz": (arr.actor.use_dynamic_bsz, False),
-        "critic.use_dynamic_bsz": (cfg.critic.use_dynamic_bsz, False),
+    unsupported = {  # strategy: rl_trainer.compat (fsdp2 is a hint, others refused)
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
         "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
-        "critic.model.fsdp_config.fsdp_size": (cfg.critic.model.fsdp_config.fsdp_size, -1),
+        "critic.fsdp.fsdp_size": (cfg.critic.fsdp.fsdp_size, -1),
         "reward_model.enable": (cfg.reward_model.enable, False),
         "data.reward_fn_key": (cfg.data.reward_fn_key, "data_source"),
         "actor_rollout_ref.hybrid_engine": (arr.hybrid_engine, True),
@@ -368,6 +365,7 @@ def warn_ineffective(cfg: DictConfig, overrides: list[str] | None) -> None:
 
 def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> BatchPlan:
     """Check `cfg` and fill in derived values in place. `overrides` are the command-line overrides (for warnings)."""
+    compat.apply(cfg, overrides)  # verl keys rl_trainer does not implement, `+key`s, verl's older spellings
     normalise(cfg)
     check_choices(cfg)
     check_unsupported(cfg)

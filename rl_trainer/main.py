@@ -24,6 +24,48 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_resolver()  # before Hydra composes: configs/ppo_trainer.yaml names sweep jobs with it
 
 
+def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
+    """verl scripts pass `--config-path=config --config-name=ppo_trainer` (or -cp / -cn), meaning verl's own config
+    directory; Hydra would look for `config` beside rl_trainer/main.py and fail. Returns (argv with the path made
+    absolute, config dir, config name): a relative path that exists from the working directory is taken from there,
+    one that does not becomes rl_trainer's configs/ (with a notice); a config name that directory lacks is an error.
+    A `+key=value` becomes `++key=value` (add or override): verl scripts add with `+` keys their verl version lacked,
+    which Hydra would refuse here because rl_trainer declares them ("An item is already at ..."); a `+key` that
+    nothing reads is still refused, by rl_trainer.compat. Config groups (`+variant=grpo`) keep their `+`."""
+    argv, config_dir, name = list(argv), CONFIG_DIR, "ppo_trainer"
+    flags = {"--config-path": "path", "-cp": "path", "--config-name": "name", "-cn": "name"}
+    i = 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if flag not in flags:
+            i += 1
+            continue
+        if not eq:  # `--config-path DIR`: the value is the next argument
+            if i + 1 >= len(argv):
+                raise UserError(f"{flag} needs a value, e.g. {flag}=ppo_trainer")
+            value = argv.pop(i + 1)
+        if flags[flag] == "name":
+            name = value.removesuffix(".yaml")
+            argv[i] = f"--config-name={name}"
+        else:
+            if Path(value).is_absolute() or (Path.cwd() / value).is_dir():
+                config_dir = str((Path.cwd() / value).resolve())
+            else:
+                print(f"notice: {flag}={value} is not a directory here; reading rl_trainer's configs ({CONFIG_DIR}), "
+                      "which hold verl's config names (ppo_trainer, ppo_megatron_trainer)", file=sys.stderr)
+            argv[i] = f"--config-path={config_dir}"
+        i += 1
+    for i, arg in enumerate(argv):
+        key = arg.split("=", 1)[0]
+        if key.startswith("+") and not key.startswith("++") and not (Path(config_dir) / key[1:]).is_dir():
+            argv[i] = "+" + arg
+    if not (Path(config_dir) / f"{name}.yaml").is_file():
+        shipped = ", ".join(sorted(p.stem for p in Path(CONFIG_DIR).glob("ppo*.yaml")))
+        raise UserError(f"--config-name={name}: no {name}.yaml in {config_dir}; rl_trainer's configs are {shipped} "
+                        "(verl's SFT, generation and evaluation configs are not part of rl_trainer)")
+    return argv, config_dir, name
+
+
 class SweepJobFailed(Exception):
     """One multirun job failed (its error is printed); Hydra runs the remaining jobs, then exits 1."""
 
@@ -219,4 +261,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = config_flags(sys.argv[1:])[0]
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

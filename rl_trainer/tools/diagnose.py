@@ -71,16 +71,22 @@ def ray_status(cfg: DictConfig | None) -> dict[str, str]:
 
 
 def compose_config(overrides: list[str]) -> tuple[DictConfig | None, str | None]:
-    """The config `python -m rl_trainer.main` would compose from these overrides, or (None, Hydra's error)."""
+    """The config `python -m rl_trainer.main` would compose from these overrides (verl's --config-path /
+    --config-name included, resolved as main resolves them), or (None, the error)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from rl_trainer.main import CONFIG_DIR
+    from rl_trainer.errors import UserError
+    from rl_trainer.main import config_flags
 
     try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            return compose("ppo_trainer", overrides=overrides), None
+        argv, config_dir, name = config_flags(overrides)
+        overrides[:] = [a for a in argv if not a.startswith(("--config-path=", "--config-name="))]
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            return compose(name, overrides=overrides), None
+    except UserError as exc:
+        return None, str(exc)
     except (HydraException, OmegaConfBaseException) as exc:  # an unknown key, a bad override: main would refuse it too
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -107,7 +113,7 @@ def batch_plan(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     }
 
 
-USAGE = """usage: python -m rl_trainer.tools.diagnose [key=value ...]
+USAGE = """usage: python -m rl_trainer.tools.diagnose [--config-path=DIR] [--config-name=NAME] [key=value ...]
 
 Prints versions, devices, the Ray cluster a run would join and the config's batch arithmetic for the given
 overrides (the same ones `python -m rl_trainer.main` takes). Exits 1 when the config is invalid."""

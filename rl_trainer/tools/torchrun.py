@@ -52,7 +52,6 @@ from rl_trainer.errors import UserError
 from rl_trainer.rewards.manager import RewardOutput
 from rl_trainer.trainer import PPOTrainer
 
-CONFIG = Path(__file__).resolve().parent.parent.parent / "configs" / "ppo_trainer.yaml"
 SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
@@ -63,10 +62,10 @@ SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape
 def load_config(overrides: list[str]) -> dict:
     """configs/ppo_trainer.yaml with `key=value` overrides, checked and completed as the CLI does (validate_config),
     resolved, without Hydra (its own section dropped)."""
+    from rl_trainer.compat import default_config
     from rl_trainer.config import validate_config
 
-    cfg = OmegaConf.load(CONFIG)
-    cfg.pop("hydra", None)
+    cfg = default_config()  # ppo_trainer.yaml with its defaults list (verl_keys, model_engine=dp) composed
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     validate_config(cfg, overrides)
     return OmegaConf.to_container(cfg, resolve=True)
