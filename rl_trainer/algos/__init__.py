@@ -5,7 +5,8 @@ Names, signatures and numbers follow verl 0.9.1's `verl/trainer/ppo/core_algos.p
 loop estimators), group_advantages.py (scatter-based GRPO/RLOO, GDPO), token_baselines.py (optimal token
 baseline), losses.py (aggregation, PPO clip, value, entropy), policy_losses.py (the registered policy losses),
 loss_config.py (the config they read), rollout_correction.py (IS weights, rejection), reward_shaping.py (DAPO's
-overlong penalty), kl.py, masked.py, actor_loss.py, registry.py. Nothing in this package imports Ray, transformers or the trainer.
+overlong penalty), kl.py, masked.py, actor_loss.py, registry.py. Nothing in this package imports Ray,
+transformers or the trainer.
 """
 
 from rl_trainer.algos.actor_loss import compute_actor_loss

@@ -54,7 +54,8 @@ def parse_rollout_rs(rollout_rs: str) -> list[str]:
     """"token_k1, seq_max_k3" -> ["token_k1", "seq_max_k3"] (whitespace stripped, duplicates dropped keeping the
     first). ValueError for a non-string, an empty list or an unknown option."""
     if not isinstance(rollout_rs, str):
-        raise ValueError(f"rollout_rs={rollout_rs!r} must be a comma-separated string of {', '.join(ROLLOUT_RS_OPTIONS)}")
+        raise ValueError(f"rollout_rs={rollout_rs!r} must be a comma-separated string of "
+                         f"{', '.join(ROLLOUT_RS_OPTIONS)}")
     options: list[str] = []
     for option in (part.strip() for part in rollout_rs.split(",")):
         if option and option not in ROLLOUT_RS_OPTIONS:
@@ -169,8 +170,9 @@ def _is_metrics(weights: torch.Tensor, raw: torch.Tensor, log_ratio_for_metrics:
     if rollout_is == "sequence":
         m["rollout_is_max"] = torch.exp(torch.clamp(log_ratio_for_metrics.max(), max=SAFETY_BOUND)).item()
         m["rollout_is_min"] = torch.exp(log_ratio_for_metrics.min()).item()
-        m["rollout_is_ratio_fraction_high"] = (log_ratio_for_metrics > torch.log(torch.tensor(upper))).float().mean().item()
-        m["rollout_is_ratio_fraction_low"] = (log_ratio_for_metrics < torch.log(torch.tensor(lo))).float().mean().item()
+        log_upper, log_lo = torch.log(torch.tensor(upper)), torch.log(torch.tensor(lo))  # float32, as verl compares
+        m["rollout_is_ratio_fraction_high"] = (log_ratio_for_metrics > log_upper).float().mean().item()
+        m["rollout_is_ratio_fraction_low"] = (log_ratio_for_metrics < log_lo).float().mean().item()
     else:
         m["rollout_is_max"] = weights.masked_fill(~valid, float("-inf")).max().item()
         m["rollout_is_min"] = weights.masked_fill(~valid, float("inf")).min().item()
@@ -226,7 +228,8 @@ def compute_rollout_rejection_mask(
     ValueError for a malformed rollout_rs / rollout_rs_threshold (see parse_*) or a mask with no valid token.
     """
     if not isinstance(rollout_rs, str):
-        raise ValueError(f"rollout_rs={rollout_rs!r} must be a comma-separated string of {', '.join(ROLLOUT_RS_OPTIONS)}")
+        raise ValueError(f"rollout_rs={rollout_rs!r} must be a comma-separated string of "
+                         f"{', '.join(ROLLOUT_RS_OPTIONS)}")
     if rollout_rs_threshold is None:
         raise ValueError("rollout_rs_threshold must be set when rollout_rs is (one bound per option)")
     if log_ratio.shape[0] == 0:
@@ -372,7 +375,8 @@ def compute_rollout_correction_and_rejection_mask(
         raise ValueError("rollout correction: response_mask has no valid token")
     if not old_log_prob.shape == rollout_log_prob.shape == response_mask.shape:
         raise ValueError(f"rollout correction: old_log_prob {tuple(old_log_prob.shape)}, rollout_log_prob "
-                         f"{tuple(rollout_log_prob.shape)} and response_mask {tuple(response_mask.shape)} differ in shape")
+                         f"{tuple(rollout_log_prob.shape)} and response_mask {tuple(response_mask.shape)} differ "
+                         "in shape")
     log_ratio = old_log_prob - rollout_log_prob
     metrics: dict[str, float] = {}
     weights = None

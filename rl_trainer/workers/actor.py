@@ -126,8 +126,8 @@ class ActorRolloutRefWorker(WorkerBase):
             **{key: actor_cfg[key] for key in ("clip_ratio", "tau_pos", "tau_neg") if key in actor_cfg},
             loss_agg_mode=actor_cfg.loss_agg_mode, clip_ratio_low=actor_cfg.clip_ratio_low,
             clip_ratio_high=actor_cfg.clip_ratio_high, clip_ratio_c=actor_cfg.clip_ratio_c,
-            entropy_coeff=actor_cfg.entropy_coeff, use_kl_loss=actor_cfg.use_kl_loss, kl_loss_coef=actor_cfg.kl_loss_coef,
-            kl_loss_type=actor_cfg.kl_loss_type)
+            entropy_coeff=actor_cfg.entropy_coeff, use_kl_loss=actor_cfg.use_kl_loss,
+            kl_loss_coef=actor_cfg.kl_loss_coef, kl_loss_type=actor_cfg.kl_loss_type)
         entropy_sums = [0.0, 0.0]  # sum of entropy * mask, of mask: actor/entropy when the forward stands in
         diff_sums = []  # the weight-sync check, when the update's forward stands in for old_log_probs
 

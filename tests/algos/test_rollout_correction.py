@@ -105,7 +105,8 @@ def test_sequence_rejection_drops_whole_rows_and_options_combine():
     assert out.dtype == torch.int64 and out.tolist() == [[0, 0], [1, 1], [0, 0]]
     assert m["rollout_rs_seq_max_k2_seq_masked_fraction"] == 0.5  # of the 2 non-empty rows
     assert m["rollout_rs_seq_masked_fraction"] == pytest.approx(1 / 3)  # of all 3 rows
-    assert m["rollout_rs_seq_max_k2_max"] == pytest.approx(0.5) and m["rollout_rs_seq_max_k2_min"] == pytest.approx(0.02)
+    assert m["rollout_rs_seq_max_k2_max"] == pytest.approx(0.5)
+    assert m["rollout_rs_seq_max_k2_min"] == pytest.approx(0.02)
     # Two options, one threshold each; a duplicate is dropped. token_k3 "0.01" rejects row 2's first token
     # (e^0.2 - 1.2 = 0.0214 > 0.01; e^0.1 - 1.1 = 0.0052 passes) while seq_max_k2 rejects row 1.
     out, m = compute_rollout_rejection_mask(log_ratio, mask, "seq_max_k2, token_k3, seq_max_k2", "0.3,0.01")
