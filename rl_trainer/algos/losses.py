@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from rl_trainer.algos.masked import clip_by_value, entropy_from_logits, masked_mean, masked_sum
-from rl_trainer.algos.registry import register_policy_loss
 
 LOSS_AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
@@ -65,7 +64,6 @@ def agg_loss(
     return loss
 
 
-@register_policy_loss("vanilla")
 def compute_policy_loss(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,
@@ -96,8 +94,29 @@ def compute_policy_loss(
         clip_ratio_c: must be > 1.
         agg_kwargs: dp_size / batch_num_tokens / global_batch_size / loss_scale_factor for agg_loss.
 
-    verl 0.9.1's deprecated `compute_policy_loss` names the clip ranges `cliprange_low/high`; its
-    registered "vanilla" loss reads them from the actor config. The numbers are the same.
+    This is verl 0.9.1's deprecated `compute_policy_loss` (which names the clip ranges `cliprange_low/high`).
+    The loss registered as "vanilla" (rl_trainer.algos.policy_losses.compute_policy_loss_vanilla) has verl's
+    registry signature, reads the same parameters from the actor config and gives the same numbers.
+    """
+    pg_losses, pg_clipfrac, ppo_kl, pg_clipfrac_lower = ppo_clip_token_losses(
+        old_log_prob, log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high, clip_ratio_c
+    )
+    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **agg_kwargs)
+    return pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower
+
+
+def ppo_clip_token_losses(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-token loss matrix L of `compute_policy_loss` (before aggregation) and its three metrics.
+
+    Shapes: (bs, response_length) in, L of the same shape, metrics 0-dim. ValueError if clip_ratio_c <= 1.
     """
     if not clip_ratio_c > 1.0:
         raise ValueError(f"clip_ratio_c (the dual-clip bound) must be > 1.0, got {clip_ratio_c}")
@@ -115,8 +134,7 @@ def compute_policy_loss(
     pg_clipfrac_lower = masked_mean(torch.gt(clip_pg_losses1, pg_losses3) * (advantages < 0).float(), response_mask)
 
     pg_losses = torch.where(advantages < 0, clip_pg_losses2, clip_pg_losses1)
-    pg_loss = agg_loss(pg_losses, response_mask, loss_agg_mode, **agg_kwargs)
-    return pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower
+    return pg_losses, pg_clipfrac, ppo_kl, pg_clipfrac_lower
 
 
 def compute_value_loss(

@@ -60,8 +60,10 @@ def compute_advantage(adv_estimator: str, **inputs: Any) -> tuple[Any, Any]:
     fn = get_adv_estimator_fn(adv_estimator)
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in inputs.items() if k in params}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)  # verl's **kwargs: optional
     missing = [
-        p.name for p in params.values() if p.default is inspect.Parameter.empty and p.name not in kwargs
+        p.name for p in params.values()
+        if p.default is inspect.Parameter.empty and p.kind not in variadic and p.name not in kwargs
     ]
     if missing:
         raise TypeError(f"advantage estimator {adv_estimator!r} needs {', '.join(missing)}")

@@ -123,11 +123,15 @@ class ActorRolloutRefWorker(WorkerBase):
         temperature = self.config.actor_rollout_ref.rollout.temperature
         share = self.config.actor_rollout_ref.model.share_prompt_prefix
         reuse_forward = not actor_cfg.recompute_old_log_prob
+        # Every actor.policy_loss.* key (loss_mode, clip_cov_ratio, dro_beta, rollout_correction, ...) and the
+        # actor-level keys the losses read, under verl's names; compute_actor_loss refuses a key it does not know.
         loss_kwargs = dict(
-            loss_mode=actor_cfg.policy_loss.loss_mode, loss_agg_mode=actor_cfg.loss_agg_mode,
-            clip_ratio_low=actor_cfg.clip_ratio_low, clip_ratio_high=actor_cfg.clip_ratio_high,
-            clip_ratio_c=actor_cfg.clip_ratio_c, entropy_coeff=actor_cfg.entropy_coeff,
-            use_kl_loss=actor_cfg.use_kl_loss, kl_loss_coef=actor_cfg.kl_loss_coef, kl_loss_type=actor_cfg.kl_loss_type)
+            **OmegaConf.to_container(actor_cfg.policy_loss, resolve=True),
+            **{key: actor_cfg[key] for key in ("clip_ratio", "tau_pos", "tau_neg") if key in actor_cfg},
+            loss_agg_mode=actor_cfg.loss_agg_mode, clip_ratio_low=actor_cfg.clip_ratio_low,
+            clip_ratio_high=actor_cfg.clip_ratio_high, clip_ratio_c=actor_cfg.clip_ratio_c,
+            entropy_coeff=actor_cfg.entropy_coeff, use_kl_loss=actor_cfg.use_kl_loss,
+            kl_loss_coef=actor_cfg.kl_loss_coef, kl_loss_type=actor_cfg.kl_loss_type)
         entropy_sums = [0.0, 0.0]  # sum of entropy * mask, of mask: actor/entropy when the forward stands in
         diff_sums = []  # the weight-sync check, when the update's forward stands in for old_log_probs
 
@@ -145,12 +149,14 @@ class ActorRolloutRefWorker(WorkerBase):
             else:
                 old_log_prob = mb.tensors["old_log_probs"].to(self.device)
             ref = mb.tensors["ref_log_prob"].to(self.device) if actor_cfg.use_kl_loss else None
+            is_weights = mb.tensors["rollout_is_weights"].to(self.device) if "rollout_is_weights" in mb else None
             loss, terms = compute_actor_loss(old_log_prob, log_prob, mb.tensors["advantages"].to(self.device), mask,
-                                             entropy=entropy, ref_log_prob=ref, **loss_kwargs, **agg)
+                                             entropy=entropy, ref_log_prob=ref, rollout_is_weights=is_weights,
+                                             **loss_kwargs, **agg)
             # The loss terms are per-rank shares of the mini-batch loss: summed over micro-batches (the rank mean of
-            # the world-size-scaled shares is the mini-batch loss); the ratios are averaged.
-            summed = {f"actor/{k}": terms.pop(k) for k in ("pg_loss", "entropy_loss", "kl_loss") if k in terms}
-            return loss, {f"actor/{k}": v for k, v in terms.items()}, summed
+            # the world-size-scaled shares is the mini-batch loss); the ratios (the policy loss's metrics) averaged.
+            summed = {k: terms.pop(k) for k in ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss") if k in terms}
+            return loss, terms, summed
 
         out = self.ppo_update("actor", batch, actor_cfg, micro_loss, loss_scale_factor=actor_cfg.loss_scale_factor)
         if reuse_forward:  # token mean over the whole batch, as the driver computes it from a separate pass

@@ -17,10 +17,10 @@ def test_terms_and_total_by_hand():
     log_prob = torch.zeros(1, 2, requires_grad=True)
     loss, terms = compute_actor_loss(OLD, log_prob, ADV, MASK, entropy=ENTROPY, entropy_coeff=0.1,
                                      ref_log_prob=REF, use_kl_loss=True, kl_loss_coef=0.1, kl_loss_type="abs")
-    assert terms["pg_loss"].item() == pytest.approx(0.0)
-    assert terms["entropy_loss"].item() == pytest.approx(2.0)
-    assert terms["kl_loss"].item() == pytest.approx(0.5)
-    assert terms["kl_coef"] == 0.1
+    assert terms["actor/pg_loss"].item() == pytest.approx(0.0)
+    assert terms["actor/entropy_loss"].item() == pytest.approx(2.0)
+    assert terms["actor/kl_loss"].item() == pytest.approx(0.5)
+    assert terms["actor/kl_coef"] == 0.1
     # total = 0 - 0.1 * 2.0 + 0.1 * 0.5 = -0.15
     assert loss.item() == pytest.approx(-0.15)
     loss.backward()
@@ -36,8 +36,8 @@ def test_terms_off_is_the_policy_loss_alone():
     expected, clipfrac, ppo_kl, lower = compute_policy_loss(OLD, log_prob, ADV, MASK, clip_ratio_low=0.1,
                                                             clip_ratio_high=0.3)
     assert torch.equal(loss, expected)
-    assert set(terms) == {"pg_loss", "pg_clipfrac", "ppo_kl", "pg_clipfrac_lower"}
-    assert torch.equal(terms["pg_clipfrac"], clipfrac) and torch.equal(terms["ppo_kl"], ppo_kl)
+    assert set(terms) == {"actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_clipfrac_lower"}
+    assert terms["actor/pg_clipfrac"] == clipfrac.item() and terms["actor/ppo_kl"] == ppo_kl.item()
 
 
 def test_global_normalisers_apply_to_every_term():
@@ -45,8 +45,8 @@ def test_global_normalisers_apply_to_every_term():
     log_prob = torch.zeros(1, 2)
     _, terms = compute_actor_loss(OLD, log_prob, ADV, MASK, entropy=ENTROPY, entropy_coeff=0.1, ref_log_prob=REF,
                                   use_kl_loss=True, kl_loss_type="abs", dp_size=2, batch_num_tokens=8)
-    assert terms["entropy_loss"].item() == pytest.approx((1.0 + 3.0) / 4)
-    assert terms["kl_loss"].item() == pytest.approx((0.5 + 0.5) / 4)
+    assert terms["actor/entropy_loss"].item() == pytest.approx((1.0 + 3.0) / 4)
+    assert terms["actor/kl_loss"].item() == pytest.approx((0.5 + 0.5) / 4)
 
 
 def test_missing_inputs_are_named():

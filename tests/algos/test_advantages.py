@@ -41,6 +41,8 @@ def uids(*names):
 def test_all_verl_names_are_registered():
     assert set(ADV_ESTIMATOR_REGISTRY) == {
         "gae", "grpo", "grpo_passk", "rloo", "opo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "gpg",
+        # wave 2 (rl_trainer/algos/group_advantages.py, token_baselines.py): all 14 of verl 0.9.1's names
+        "rloo_vectorized", "grpo_vectorized", "optimal_token_baseline", "tir_optimal_token_baseline", "gdpo",
     }
 
 
@@ -231,6 +233,7 @@ def test_compute_advantage_passes_each_estimator_only_its_arguments():
     everything = dict(
         token_level_rewards=rewards, response_mask=mask, index=uids("a", "a"), values=torch.zeros(2, 4),
         gamma=1.0, lam=1.0, norm_adv_by_std_in_grpo=False, reward_baselines=torch.zeros(2),
+        old_log_probs=torch.zeros(2, 4), sum_pi_squared=torch.ones(2, 4),  # the optimal-token-baseline inputs
     )
     adv, _ = compute_advantage("grpo", **everything)
     torch.testing.assert_close(adv, torch.tensor([0.5, -0.5])[:, None] * mask)
@@ -240,7 +243,7 @@ def test_compute_advantage_passes_each_estimator_only_its_arguments():
 
 
 def test_compute_advantage_errors_name_the_problem():
-    with pytest.raises(ValueError, match="valid choices: gae, gpg, grpo"):
+    with pytest.raises(ValueError, match="valid choices: gae, gdpo, gpg, grpo"):
         compute_advantage("ppo", token_level_rewards=torch.zeros(1, 1))
     with pytest.raises(TypeError, match="values"):
         compute_advantage("gae", token_level_rewards=torch.zeros(1, 1), response_mask=torch.ones(1, 1), gamma=1, lam=1)
