@@ -133,7 +133,7 @@ def test_checkpoint_contents():
 
 
 def test_critic_keys_are_checked_like_the_actors(caplog):
-    assert "critic.model.fsdp_config.fsdp_size=2 is not supported by rl_trainer yet" in refusal(
+    assert "critic.fsdp.fsdp_size=2 is not supported by rl_trainer yet" in refusal(
         ["algorithm.adv_estimator=gae", "critic.model.fsdp_config.fsdp_size=2"])
     with caplog.at_level("WARNING"):
         validated(["algorithm.adv_estimator=gae", "critic.model.use_remove_padding=true"])
