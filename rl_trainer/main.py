@@ -72,14 +72,12 @@ class SweepJobFailed(Exception):
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
     """Train with the composed config `cfg`, writing metrics to `run_dir`."""
-    from rl_trainer.config import fill_total_training_steps, needs_reference, validate_config
+    from rl_trainer.config import fill_total_training_steps, validate_config
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
     quiet_libraries()
 
     from rl_trainer.checkpoint import CheckpointManager, step_of
-    from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
-    from rl_trainer.data.sources import resolve_data_files
     from rl_trainer.models.builtin import resolve_model_path
     from rl_trainer.rewards.custom import get_custom_reward_fn
     from rl_trainer.workers.loading import load_tokenizer
@@ -97,6 +95,30 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
                                trust_remote_code=arr.model.trust_remote_code)
     reward_fn = get_custom_reward_fn(cfg)
 
+    train_loader, val_loader = prompt_loaders(cfg, tokenizer)
+    total_steps = fill_total_training_steps(cfg, len(train_loader))  # the optimizers' LR schedules read it
+
+    if resume_path is not None and step_of(resume_path) >= total_steps:
+        print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; nothing to do")
+        return
+    # Every input is valid: only now touch the checkpoint directory (leftovers of a run killed while saving).
+    if checkpoints.cleanup_stale_tmp():
+        resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
+    print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
+    print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
+
+    train_on_ray(cfg, run_dir, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
+                 reward_fn=reward_fn, checkpoints=checkpoints, total_steps=total_steps, resume_path=resume_path,
+                 model_path=model_path, critic_path=critic_path)
+
+
+def prompt_loaders(cfg: DictConfig, tokenizer):
+    """The training loader and, when validation runs, the validation loader (None otherwise)."""
+    from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
+    from rl_trainer.data.sources import resolve_data_files
+
+    data, trainer_cfg = cfg.data, cfg.trainer
+
     def dataset(files_key: str, files, max_samples: int, shuffle: bool) -> RLHFDataset:
         return RLHFDataset(
             resolve_data_files(files, files_key), tokenizer, prompt_key=data.prompt_key,
@@ -110,19 +132,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     if data.val_files and (trainer_cfg.test_freq > 0 or trainer_cfg.val_before_train or trainer_cfg.val_only):
         val_set = dataset("data.val_files", data.val_files, data.val_max_samples, False)
         val_loader = PromptLoader(val_set, data.val_batch_size or len(val_set), shuffle=False, drop_last=False)
-    total_steps = fill_total_training_steps(cfg, len(train_loader))  # the optimizers' LR schedules read it
+    return train_loader, val_loader
 
-    if resume_path is not None and step_of(resume_path) >= total_steps:
-        print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; nothing to do")
-        return
-    # Every input is valid: only now touch the checkpoint directory (leftovers of a run killed while saving).
-    if checkpoints.cleanup_stale_tmp():
-        resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
-    print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
-    print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
 
+def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val_loader, reward_fn, checkpoints,
+                 total_steps: int, resume_path, model_path: str, critic_path: str | None) -> None:
+    """Start (or join) Ray, build the worker groups, run PPOTrainer.fit, and tear everything down."""
     # Inputs are checked; now the heavy machinery (Ray, FSDP, checkpointing) is worth importing.
     import ray
+
+    from rl_trainer.config import needs_reference
 
     from rl_trainer.distributed import ResourcePool, WorkerGroup
     from rl_trainer.tracking import Tracking
@@ -130,6 +149,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
     from rl_trainer.workers.actor import ActorRolloutRefWorker
     from rl_trainer.workers.critic import CriticWorker
 
+    trainer_cfg = cfg.trainer
     config = OmegaConf.to_container(cfg, resolve=True)
     _init_ray(cfg)  # before the tracker: a cluster that cannot be joined leaves no half-open wandb run
     tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
