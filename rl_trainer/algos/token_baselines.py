@@ -14,22 +14,13 @@ index (bs,) group ids.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 import torch
 
+from rl_trainer.algos.grouping import group_rows
 from rl_trainer.algos.registry import register_adv_est
-
-
-def _group_rows(index: Any, rows: list[int]) -> dict[Hashable, list[int]]:
-    """Group id -> its rows among `rows`, in row order. A local stand-in for the project's shared group-by-uid
-    helper (to be swapped for it at merge)."""
-    keys = index.tolist() if hasattr(index, "tolist") else list(index)
-    groups: dict[Hashable, list[int]] = {}
-    for row in rows:
-        groups.setdefault(keys[row], []).append(row)
-    return groups
 
 
 def _returns_and_path_variance(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
@@ -81,7 +72,7 @@ def compute_optimal_token_baseline_advantage(
         returns, path_variance = _returns_and_path_variance(token_level_rewards, response_mask, old_log_probs,
                                                             sum_pi_squared, rollout_is_weights)
         baselines = torch.zeros_like(returns)
-        for rows in _group_rows(index, list(range(returns.shape[0]))).values():
+        for rows in group_rows(index).values():
             if len(rows) < 2:
                 continue
             mask = response_mask[rows]
@@ -128,8 +119,8 @@ def compute_multi_turn_optimal_token_baseline_advantage(
             compact_w[row, : lengths[row]] = path_variance[row, valid[row]]
             compact_g[row, : lengths[row]] = returns[row, valid[row]]
         baselines = torch.zeros_like(compact_g)
-        non_empty = [row for row in range(returns.shape[0]) if lengths[row] > 0]
-        for rows in _group_rows(index, non_empty).values():
+        for rows in group_rows(index).values():
+            rows = [row for row in rows if lengths[row] > 0]  # rows with no valid token take no part
             if len(rows) < 2:
                 continue
             weights = compact_w[rows]
@@ -138,7 +129,7 @@ def compute_multi_turn_optimal_token_baseline_advantage(
             if handle_zero_tail:
                 _zero_tail(baselines, rows, lengths[rows])
         advantages = torch.zeros_like(returns)
-        for row in non_empty:
+        for row in range(returns.shape[0]):  # an empty row's slice is empty
             advantages[row, valid[row]] = (compact_g[row] - baselines[row])[: lengths[row]]
         advantages = advantages * response_mask
     return advantages, returns
