@@ -2,7 +2,7 @@
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
-`check_choices`, `check_unsupported`, `check_algorithm`, `check_optim`, `check_rollout`, `check_checkpoint`,
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_optim`, `check_lora`, `check_rollout`, `check_checkpoint`,
 `check_trainer`, `warn_ineffective` and `check_batch_arithmetic`. Each raises `UserError` with the key, the
 numbers and the fix; downstream code (workers, trainer, rewards) trusts a validated config and does not check
 again. `fill_total_training_steps` is the one value filled in later, once the dataset's length is known.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -293,6 +294,41 @@ def check_optim(cfg: DictConfig) -> None:
                             "trainer.total_epochs instead")
 
 
+LORA_SECTIONS = ("actor_rollout_ref.model", "critic.model")
+
+
+def check_lora(cfg: DictConfig) -> None:
+    """The LoRA keys of the actor's and the critic's model (rl_trainer.workers.lora; docs/lora.md): lora_rank an
+    integer >= 0, lora_alpha > 0, target_modules a name, regex or list, lora_adapter_path a PEFT adapter folder and
+    only with lora_rank > 0. Whether target_modules names modules of the model, and whether the adapter fits the
+    base model, needs the model: the worker checks that when it builds it."""
+    for section in LORA_SECTIONS:
+        _check_lora_section(OmegaConf.select(cfg, section), section)
+
+
+def _check_lora_section(model_cfg, section: str) -> None:
+    rank = model_cfg.lora_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise UserError(f"{section}.lora_rank={rank} must be an integer >= 0 (0 = full fine-tuning, e.g. 8-64 = LoRA)")
+    alpha = model_cfg.lora_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise UserError(f"{section}.lora_alpha={alpha} must be a number > 0 (the adapter scale is alpha / rank)")
+    targets = model_cfg.target_modules
+    if not (isinstance(targets, str) or (OmegaConf.is_list(targets) and targets
+                                         and all(isinstance(t, str) for t in targets))):
+        raise UserError(f"{section}.target_modules={targets} must be all-linear, a module-name regex or a non-empty "
+                        f"list of module names (e.g. [q_proj,v_proj])")
+    path = model_cfg.get("lora_adapter_path")
+    if path is None:
+        return
+    if rank == 0:
+        raise UserError(f"{section}.lora_adapter_path={path} is set but {section}.lora_rank=0; set lora_rank > 0 "
+                        f"(e.g. the adapter's rank) to train with it, or unset lora_adapter_path")
+    if not os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json")):
+        raise UserError(f"{section}.lora_adapter_path={path}: no adapter_config.json there; pass a folder written by "
+                        f"PEFT's save_pretrained (e.g. <checkpoint>/actor/huggingface/lora_adapter)")
+
+
 def fill_total_training_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
     """verl's RayPPOTrainer._create_dataloader: the optimizers' total_training_steps (which the LR schedule's warm-up
     ratio and cosine decay read) is trainer.total_training_steps when set, else steps per epoch * total_epochs.
@@ -386,6 +422,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     check_unsupported(cfg)
     check_algorithm(cfg)
     check_optim(cfg)
+    check_lora(cfg)
     check_rollout(cfg)
     check_dynamic_bsz(cfg)
     check_checkpoint(cfg)

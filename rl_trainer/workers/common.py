@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
 from rl_trainer.metrics import peak_rss_bytes
-from rl_trainer.workers import fsdp
+from rl_trainer.workers import fsdp, lora
 from rl_trainer.workers.micro_batching import inverse_permutation, token_budget_micro_batches
 
 
@@ -53,22 +53,32 @@ class WorkerBase:
         """A Hugging Face folder of the trained model, as verl's FSDP checkpoint manager writes it: rank 0 always
         saves the model config (and generation config, and `tokenizer` if given); the full weights, loadable with
         `auto_class.from_pretrained`, only `with_weights` ("hf_model" in save_contents). The weights are gathered
-        from every rank (call it on all of them) into a model built on the meta device: only they take memory."""
-        weights = self.full_params(keep=self.rank == 0) if with_weights else None
-        if self.rank != 0:
-            return
+        from every rank (call it on all of them) into a model built on the meta device: only they take memory.
+        With LoRA the weights are the merged model (no PEFT needed to load it), and the adapter itself is always
+        written to `hf_dir`/lora_adapter in PEFT's format (rl_trainer.workers.lora)."""
         model = self.train_state.model
+        keep = self.rank == 0
+        weights = None
+        if with_weights:
+            source = lora.merged_full_params(model) if lora.is_lora(model) else fsdp.iter_full_params(model)
+            weights = {name: t.cpu().clone() for name, t in source if keep}
+        adapter = lora.adapter_full_state(model, keep) if lora.is_lora(model) else None
+        if not keep:
+            return
+        config = model.config
         generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
         if weights is not None:
             with torch.device("meta"):
-                folder = auto_class.from_config(model.config)
+                folder = auto_class.from_config(config)
             if generation_config is not None:
                 folder.generation_config = generation_config
             folder.save_pretrained(hf_dir, state_dict=weights)
         else:
-            model.config.save_pretrained(hf_dir)
+            config.save_pretrained(hf_dir)
             if generation_config is not None:
                 generation_config.save_pretrained(hf_dir)
+        if adapter is not None:
+            lora.save_adapter(model, os.path.join(hf_dir, lora.ADAPTER_DIR), adapter)
         if tokenizer is not None:
             tokenizer.save_pretrained(hf_dir)
 

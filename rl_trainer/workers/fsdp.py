@@ -23,11 +23,14 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import transformers
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from rl_trainer.errors import UserError
 
+# Checkpoints hold the parameters that train (all of them in full fine-tuning; with LoRA the adapters, not the frozen
+# base, which is loaded again from model.path) and the buffers.
+TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "float32": torch.float32}
 
@@ -247,7 +250,7 @@ class TrainState:
     # ---------------------------------------------------------------------------------------- checkpoints
     def _sharded_state(self, with_optim: bool) -> dict:
         """Templates of the sharded model (and optimizer) state, to save from or load into."""
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [], options=TRAINED_ONLY)
         return {"model": model_sd, "optimizer": optim_sd} if with_optim else {"model": model_sd}
 
     def save(self, path: Path, contents: list[str], rank: int) -> None:
@@ -263,7 +266,7 @@ class TrainState:
         state = self._sharded_state(with_optim)
         dcp.load(state, checkpoint_id=str(path / "sharded"))
         set_state_dict(self.model, self.optimizer if with_optim else [], model_state_dict=state["model"],
-                       optim_state_dict=state.get("optimizer", {}))
+                       optim_state_dict=state.get("optimizer", {}), options=TRAINED_ONLY)
         if "extra" in contents:
             extra = torch.load(path / f"extra_rank{rank}.pt", weights_only=False)
             self.scheduler.load_state_dict(extra["scheduler"])
