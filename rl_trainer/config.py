@@ -299,8 +299,8 @@ LORA_SECTIONS = ("actor_rollout_ref.model", "critic.model")
 
 def check_lora(cfg: DictConfig) -> None:
     """The LoRA keys of the actor's and the critic's model (rl_trainer.workers.lora; docs/lora.md): lora_rank an
-    integer >= 0, lora_alpha > 0, target_modules a name, regex or list, lora_adapter_path a PEFT adapter folder and
-    only with lora_rank > 0. Whether target_modules names modules of the model, and whether the adapter fits the
+    integer >= 0, lora_alpha > 0, target_modules a name, regex or list, lora_adapter_path only with lora_rank > 0
+    (that it is an adapter folder: `check_lora_adapters`). Whether target_modules names modules of the model, and whether the adapter fits the
     base model, needs the model: the worker checks that when it builds it."""
     for section in LORA_SECTIONS:
         _check_lora_section(OmegaConf.select(cfg, section), section)
@@ -324,9 +324,16 @@ def _check_lora_section(model_cfg, section: str) -> None:
     if rank == 0:
         raise UserError(f"{section}.lora_adapter_path={path} is set but {section}.lora_rank=0; set lora_rank > 0 "
                         f"(e.g. the adapter's rank) to train with it, or unset lora_adapter_path")
-    if not os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json")):
-        raise UserError(f"{section}.lora_adapter_path={path}: no adapter_config.json there; pass a folder written by "
-                        f"PEFT's save_pretrained (e.g. <checkpoint>/actor/huggingface/lora_adapter)")
+
+
+def check_lora_adapters(cfg: DictConfig) -> None:
+    """Each lora_adapter_path is a PEFT adapter folder (checked when the run resolves its inputs, as the model and
+    data paths are, before Ray starts; whether it fits the base model is checked when the worker loads it)."""
+    for section in LORA_SECTIONS:
+        path = OmegaConf.select(cfg, section).get("lora_adapter_path")
+        if path is not None and not os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json")):
+            raise UserError(f"{section}.lora_adapter_path={path}: no adapter_config.json there; pass a folder written "
+                            f"by PEFT's save_pretrained (e.g. <checkpoint>/actor/huggingface/lora_adapter)")
 
 
 def fill_total_training_steps(cfg: DictConfig, steps_per_epoch: int) -> int:

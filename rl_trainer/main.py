@@ -72,7 +72,7 @@ class SweepJobFailed(Exception):
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
     """Train with the composed config `cfg`, writing metrics to `run_dir`."""
-    from rl_trainer.config import fill_total_training_steps, validate_config
+    from rl_trainer.config import check_lora_adapters, fill_total_training_steps, validate_config
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
     quiet_libraries()
@@ -91,6 +91,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
 
     model_path = resolve_model_path(arr.model.path, seed=trainer_cfg.seed)
     critic_path = resolve_model_path(cfg.critic.model.path, seed=trainer_cfg.seed) if cfg.critic.enable else None
+    check_lora_adapters(cfg)
     tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, trainer_cfg.seed) if data.tokenizer else model_path,
                                trust_remote_code=arr.model.trust_remote_code)
     reward_fn = get_custom_reward_fn(cfg)

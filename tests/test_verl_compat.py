@@ -86,7 +86,7 @@ def test_hint_key_prints_one_notice_and_runs(caplog):
 
 
 @pytest.mark.parametrize("override, feature", [
-    ("actor_rollout_ref.model.lora_rank=8", "LoRA"),
+    ("actor_rollout_ref.model.lora.rank=8", "Megatron's LoRA"),
     ("actor_rollout_ref.rollout.multi_turn.enable=true", "multi-turn"),
     ("actor_rollout_ref.actor.strategy=megatron", "Megatron"),
     ("model_engine=megatron", "Megatron"),

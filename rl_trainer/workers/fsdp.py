@@ -31,6 +31,9 @@ from rl_trainer.errors import UserError
 # Checkpoints hold the parameters that train (all of them in full fine-tuning; with LoRA the adapters, not the frozen
 # base, which is loaded again from model.path) and the buffers.
 TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True)
+# Loading sets those and leaves the frozen ones as they are (not strict about them); every trained key must still be
+# in the checkpoint, because dcp.load fills a template of exactly those keys and fails on one it does not find.
+LOAD_TRAINED = StateDictOptions(ignore_frozen_params=True, strict=False)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "float32": torch.float32}
 
@@ -266,7 +269,7 @@ class TrainState:
         state = self._sharded_state(with_optim)
         dcp.load(state, checkpoint_id=str(path / "sharded"))
         set_state_dict(self.model, self.optimizer if with_optim else [], model_state_dict=state["model"],
-                       optim_state_dict=state.get("optimizer", {}), options=TRAINED_ONLY)
+                       optim_state_dict=state.get("optimizer", {}), options=LOAD_TRAINED)
         if "extra" in contents:
             extra = torch.load(path / f"extra_rank{rank}.pt", weights_only=False)
             self.scheduler.load_state_dict(extra["scheduler"])

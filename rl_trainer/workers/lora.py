@@ -27,7 +27,8 @@ from rl_trainer.errors import UserError
 from rl_trainer.workers import fsdp
 
 ADAPTER = "default"  # PEFT's name of the one adapter
-ADAPTER_DIR = "lora_adapter"  # the adapter's folder inside an HF export (verl's model merger writes the same name)
+ADAPTER_DIR = "lora_adapter"
+VALUE_HEADS = ("score", "classifier")  # a token-classification model's head (PEFT's TOKEN_CLS modules_to_save)  # the adapter's folder inside an HF export (verl's model merger writes the same name)
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,12 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
                             f"model") from exc
         return model
     check_targets(model, settings)
+    exclude = settings.exclude_modules
+    if value_model:  # the value head trains in full (TOKEN_CLS's modules_to_save), so it gets no adapter
+        heads = [name for name in VALUE_HEADS if isinstance(getattr(model, name, None), torch.nn.Module)]
+        exclude = heads + ([exclude] if isinstance(exclude, str) else list(exclude or []))
     config = LoraConfig(task_type=task, r=settings.rank, lora_alpha=settings.alpha, bias="none",
-                        target_modules=settings.target_modules, exclude_modules=settings.exclude_modules)
+                        target_modules=settings.target_modules, exclude_modules=exclude or None)
     try:
         return get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
