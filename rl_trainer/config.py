@@ -299,8 +299,8 @@ LORA_SECTIONS = ("actor_rollout_ref.model", "critic.model")
 
 def check_lora(cfg: DictConfig) -> None:
     """The LoRA keys of the actor's and the critic's model (rl_trainer.workers.lora; docs/lora.md): lora_rank an
-    integer >= 0, lora_alpha > 0, target_modules a name, regex or list, lora_adapter_path only with lora_rank > 0
-    (that it is an adapter folder: `check_lora_adapters`). Whether target_modules names modules of the model, and whether the adapter fits the
+    integer >= 0, lora_alpha > 0, target_modules a name, regex or list (that lora_adapter_path is an adapter folder:
+    `check_lora_adapters`). Whether target_modules names modules of the model, and whether the adapter fits the
     base model, needs the model: the worker checks that when it builds it."""
     for section in LORA_SECTIONS:
         _check_lora_section(OmegaConf.select(cfg, section), section)
@@ -318,12 +318,6 @@ def _check_lora_section(model_cfg, section: str) -> None:
                                          and all(isinstance(t, str) for t in targets))):
         raise UserError(f"{section}.target_modules={targets} must be all-linear, a module-name regex or a non-empty "
                         f"list of module names (e.g. [q_proj,v_proj])")
-    path = model_cfg.get("lora_adapter_path")
-    if path is None:
-        return
-    if rank == 0:
-        raise UserError(f"{section}.lora_adapter_path={path} is set but {section}.lora_rank=0; set lora_rank > 0 "
-                        f"(e.g. the adapter's rank) to train with it, or unset lora_adapter_path")
 
 
 def check_lora_adapters(cfg: DictConfig) -> None:

@@ -54,7 +54,7 @@ class ActorRolloutRefWorker(WorkerBase):
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=arr.model.trust_remote_code)
         load = dict(trust_remote_code=arr.model.trust_remote_code, override_config=dict(arr.model.override_config))
         actor = load_causal_lm(model_path, gradient_checkpointing=arr.model.enable_gradient_checkpointing, **load)
-        self.lora = arr.model.lora_rank > 0
+        self.lora = lora.enabled(arr.model)
         if self.lora:  # only the adapters train; the reference is this model with them disabled (ref-in-actor)
             actor = lora.wrap(actor, lora.LoraSettings.from_config(arr.model, "actor_rollout_ref.model"))
         fsdp_cfg = arr.actor.fsdp_config

@@ -33,7 +33,7 @@ class CriticWorker(WorkerBase):
             model_path, trust_remote_code=cfg.model.trust_remote_code, override_config=dict(cfg.model.override_config),
             gradient_checkpointing=cfg.model.enable_gradient_checkpointing,
         )
-        if cfg.model.lora_rank > 0:  # adapters + the value head train (rl_trainer.workers.lora)
+        if lora.enabled(cfg.model):  # adapters + the value head train (rl_trainer.workers.lora)
             model = lora.wrap(model, lora.LoraSettings.from_config(cfg.model, "critic.model"), value_model=True)
         mp = self.config.actor_rollout_ref.actor.fsdp_config.mixed_precision
         model = fsdp.shard_model(model, self.device, param_offload=cfg.model.fsdp_config.param_offload,

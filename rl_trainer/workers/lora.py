@@ -52,6 +52,15 @@ class LoraSettings:
                    bool(model_cfg.enable_gradient_checkpointing))
 
 
+def enabled(model_cfg: Any) -> bool:
+    """LoRA is on with lora_rank > 0 or a lora_adapter_path (then the adapter's own rank, alpha and targets apply).
+
+    verl 0.9.1 differs knowingly: its trainer treats lora_adapter_path alone as LoRA (the reference comes from the
+    actor with adapters disabled, and its example run_qwen2_5-3b_gsm8k_grpo_lora_from_adapter.sh sets only the
+    path), but its FSDP engine loads the adapter only with lora_rank > 0; here the adapter is always loaded."""
+    return model_cfg.lora_rank > 0 or model_cfg.get("lora_adapter_path") is not None
+
+
 def _linear_names(model: torch.nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
@@ -97,12 +106,35 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
         exclude = heads + ([exclude] if isinstance(exclude, str) else list(exclude or []))
     config = LoraConfig(task_type=task, r=settings.rank, lora_alpha=settings.alpha, bias="none",
                         target_modules=settings.target_modules, exclude_modules=exclude or None)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    head = model.get_output_embeddings()
     try:
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{settings.section}.lora_rank={settings.rank}: PEFT cannot add LoRA adapters to "
                         f"{type(model).__name__} ({_first_line(exc)}); use lora_rank=0 (full fine-tuning) or "
-                        f"choose target_modules PEFT supports (nn.Linear, nn.Embedding, Conv)") from exc
+                        f"target its nn.Linear modules") from exc
+    _check_adapted_layers(model, settings, head if tied else None)
+    return model
+
+
+def _check_adapted_layers(model: torch.nn.Module, settings: LoraSettings, tied_head: torch.nn.Module | None) -> None:
+    """Adapters only on nn.Linear layers (what `merged_full_params` merges), and not on an output head that shares
+    its weight with the input embedding (its merged weight would overwrite the embedding)."""
+    from peft.tuners.lora import LoraLayer
+
+    key = f"{settings.section}.target_modules"
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        if type(base) is not torch.nn.Linear:
+            raise UserError(f"{key} puts LoRA on {name.removeprefix('base_model.model.')} "
+                            f"({type(base).__name__}); rl_trainer merges LoRA into nn.Linear layers only: target "
+                            f"linear modules (e.g. all-linear)")
+        if tied_head is not None and base is tied_head:
+            raise UserError(f"{key} puts LoRA on {name.removeprefix('base_model.model.')}, the output head tied to "
+                            f"the input embedding (tie_word_embeddings=true); leave it out (all-linear does)")
 
 
 def _first_line(exc: Exception) -> str:

@@ -81,7 +81,8 @@ def test_critic_adapters_and_value_head_train_and_the_backbone_does_not(tiny_mod
 def test_reference_is_the_base_model_and_the_export_is_base_plus_adapter(tiny_models, tmp_path):
     """After an update (B != 0): ref log-probs (adapters disabled) equal the plain base model's; the merged HF export
     loads with transformers alone and gives the adapted model's logits, as PEFT's own base + adapter does; the HF
-    rollout holds the merged weights after its sync, and its sampled log-probs match the actor's (synced level)."""
+    rollout holds the merged weights after its sync, and its sampled log-probs match the actor's (synced level); a
+    worker started from the exported adapter (lora_adapter_path) has the same policy and reference."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -105,6 +106,16 @@ def test_reference_is_the_base_model_and_the_export_is_base_plus_adapter(tiny_mo
         sampled.update(actor.compute_log_prob(sampled))
     finally:
         actor.shutdown()
+    # lora_adapter_path alone turns LoRA on, from the exported adapter: the same policy, the same reference.
+    resumed = _actor(model_dir, (f"actor_rollout_ref.model.lora_adapter_path={tmp_path / 'hf' / 'lora_adapter'}",))
+    try:
+        assert all(p.requires_grad == (".lora_" in n) for n, p in resumed.actor.model.named_parameters())
+        from_adapter = resumed.compute_log_prob(batch)["old_log_probs"]
+        ref_from_adapter = resumed.compute_ref_log_prob(batch)["ref_log_prob"]
+    finally:
+        resumed.shutdown()
+    torch.testing.assert_close(from_adapter, current, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ref_from_adapter, ref, rtol=0, atol=0)
 
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     with torch.no_grad():
@@ -190,7 +201,6 @@ def test_two_ranks_with_micro_batches_equal_one_rank_full_batch_with_lora(ray_cl
     ("actor_rollout_ref.model.lora_rank=1.5", "actor_rollout_ref.model.lora_rank=1.5 must be an integer >= 0"),
     ("critic.model.lora_rank=abc", "critic.model.lora_rank=abc must be an integer >= 0"),
     ("actor_rollout_ref.model.lora_alpha=0", "actor_rollout_ref.model.lora_alpha=0 must be a number > 0"),
-    ("actor_rollout_ref.model.lora_adapter_path=/x", "lora_adapter_path=/x is set but actor_rollout_ref.model.lora_rank=0"),
     ("actor_rollout_ref.model.lora.rank=8", "rl_trainer does not implement Megatron's LoRA section"),
 ])
 def test_bad_lora_keys_are_refused_before_ray_in_one_line(override, message, tiny_models):
@@ -228,6 +238,11 @@ def test_target_modules_that_name_no_module_say_which_exist(tiny_models):
                               "'lm_head', 'o_proj', 'q_proj', 'up_proj', 'v_proj'] (or use all-linear)")
     with pytest.raises(UserError, match="PEFT cannot add LoRA adapters to Qwen2ForCausalLM"):
         lora.wrap(model, _settings(target_modules=["input_layernorm"]))  # an RMSNorm: no LoRA layer for it
+    with pytest.raises(UserError, match=r"target_modules puts LoRA on model.embed_tokens \(Embedding\); rl_trainer "
+                                        "merges LoRA into nn.Linear layers only"):
+        lora.wrap(AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"]), _settings(target_modules=["embed_tokens"]))
+    with pytest.raises(UserError, match="puts LoRA on lm_head, the output head tied to the input embedding"):
+        lora.wrap(AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"]), _settings(target_modules=["lm_head"]))
 
 
 def test_an_adapter_of_another_base_model_is_refused(tiny_models, tmp_path):
