@@ -153,11 +153,13 @@ class PPOTrainer:
                 f"it to null to only log the gap")
 
     def _memory_metrics(self) -> dict[str, float]:
-        """Peak resident memory so far, GiB: the driver's, and the sum over each worker group's processes."""
+        """Peak resident memory so far, GiB: the driver's, and the sum over each worker group's processes; and the
+        size of each group's optimizer state (summed over its ranks' shards; with LoRA, of the adapters only)."""
         out = {"perf/peak_rss_gb/driver": peak_rss_bytes() / 2**30}
         for name, group in (("actor_rollout_ref", self.actor), ("critic", self.critic)):
             if group is not None:
                 out[f"perf/peak_rss_gb/{name}"] = sum(group.call("peak_rss_bytes")) / 2**30
+                out[f"perf/optimizer_state_gb/{name}"] = sum(group.call("optimizer_state_bytes")) / 2**30
         return out
 
     def _score(self, batch: Batch):

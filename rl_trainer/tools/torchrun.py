@@ -57,6 +57,9 @@ from rl_trainer.trainer import PPOTrainer
 SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape; qwen2-tiny is gpu_check.sh's CPU dry run
     "qwen2-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024, tie_word_embeddings=True),
+    # 25M parameters: a CPU-sized shape where full fine-tuning's optimizer state outweighs the model (bench --shape).
+    "qwen2-25m": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024, tie_word_embeddings=True),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
                          tie_word_embeddings=True, rope_theta=1000000.0),

@@ -173,6 +173,16 @@ class WorkerBase:
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
 
+    def optimizer_state_bytes(self) -> int:
+        """Bytes of this rank's optimizer state (its shard of the Adam moments: 2 x trained parameters, fp32)."""
+        total = 0
+        for state in self.train_state.optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    local = value.to_local() if hasattr(value, "to_local") else value
+                    total += local.numel() * local.element_size()
+        return total
+
     def node_and_pid(self) -> tuple[str, int]:
         import ray
 
