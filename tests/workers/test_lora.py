@@ -146,13 +146,15 @@ def _prompts(batch):
                   "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)})
 
 
-def test_resume_from_a_lora_checkpoint_is_exact(tiny_models, tmp_path):
-    """Update, save (adapters + optimizer + scheduler + RNG), update again; a fresh worker that loads the checkpoint
-    and makes the same second update ends bit-equal. The checkpoint holds no frozen base weight."""
+@pytest.mark.parametrize("extra", [LORA, ()], ids=["lora", "full"])
+def test_resume_from_a_checkpoint_is_exact(extra, tiny_models, tmp_path):
+    """Update, save (trained parameters + optimizer + scheduler + RNG), update again; a fresh worker that loads the
+    checkpoint and makes the same second update ends bit-equal. With LoRA the checkpoint holds the adapters, not the
+    frozen base; full fine-tuning (the same code path, every parameter trained) holds everything."""
     from torch.distributed.checkpoint import FileSystemReader
 
     model_dir, batch = tiny_models["qwen2"], fixed_batch(vocab=4096)
-    first = _actor(model_dir)
+    first = _actor(model_dir, extra)
     try:
         first.update_actor(batch)
         first.save_checkpoint(str(tmp_path / "ckpt"), None)
@@ -162,11 +164,14 @@ def test_resume_from_a_lora_checkpoint_is_exact(tiny_models, tmp_path):
         first.shutdown()
     saved = FileSystemReader(str(tmp_path / "ckpt" / "sharded")).read_metadata().state_dict_metadata
     model_keys = [k for k in saved if k.startswith("model.")]
-    # No frozen base weight but one: torch's state dict keeps the second name of a tied parameter (the embedding as
-    # lm_head) when it drops frozen parameters by their first name.
-    assert len(model_keys) == 2 * 7 * 2 + 1
-    assert [k for k in model_keys if ".lora_" not in k] == ["model.base_model.model.lm_head.weight"]
-    second = _actor(model_dir)
+    if extra:
+        # No frozen base weight but one: torch's state dict keeps the second name of a tied parameter (the embedding
+        # as lm_head) when it drops frozen parameters by their first name.
+        assert len(model_keys) == 2 * 7 * 2 + 1
+        assert [k for k in model_keys if ".lora_" not in k] == ["model.base_model.model.lm_head.weight"]
+    else:
+        assert {f"model.{name}" for name in expected} <= set(model_keys)
+    second = _actor(model_dir, extra)
     try:
         second.load_checkpoint(str(tmp_path / "ckpt"))
         second.update_actor(batch)
