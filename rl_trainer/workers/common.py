@@ -50,27 +50,8 @@ class WorkerBase:
         return {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.train_state.model) if keep}
 
     def save_hf(self, hf_dir: str, with_weights: bool, auto_class: Any, tokenizer: Any = None) -> None:
-        """A Hugging Face folder of the trained model, as verl's FSDP checkpoint manager writes it: rank 0 always
-        saves the model config (and generation config, and `tokenizer` if given); the full weights, loadable with
-        `auto_class.from_pretrained`, only `with_weights` ("hf_model" in save_contents). The weights are gathered
-        from every rank (call it on all of them) into a model built on the meta device: only they take memory."""
-        weights = self.full_params(keep=self.rank == 0) if with_weights else None
-        if self.rank != 0:
-            return
-        model = self.train_state.model
-        generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
-        if weights is not None:
-            with torch.device("meta"):
-                folder = auto_class.from_config(model.config)
-            if generation_config is not None:
-                folder.generation_config = generation_config
-            folder.save_pretrained(hf_dir, state_dict=weights)
-        else:
-            model.config.save_pretrained(hf_dir)
-            if generation_config is not None:
-                generation_config.save_pretrained(hf_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(hf_dir)
+        """A Hugging Face folder of the trained model (rl_trainer.workers.fsdp.export_hf; call it on every rank)."""
+        fsdp.export_hf(self.train_state.model, hf_dir, with_weights, auto_class, self.rank, tokenizer)
 
     def master_address(self) -> tuple[str, int]:
         """Called on rank 0 before the group forms: where the other ranks should connect."""
