@@ -50,37 +50,18 @@ class WorkerBase:
         return {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.train_state.model) if keep}
 
     def save_hf(self, hf_dir: str, with_weights: bool, auto_class: Any, tokenizer: Any = None) -> None:
-        """A Hugging Face folder of the trained model, as verl's FSDP checkpoint manager writes it: rank 0 always
-        saves the model config (and generation config, and `tokenizer` if given); the full weights, loadable with
-        `auto_class.from_pretrained`, only `with_weights` ("hf_model" in save_contents). The weights are gathered
-        from every rank (call it on all of them) into a model built on the meta device: only they take memory.
+        """A Hugging Face folder of the trained model (rl_trainer.workers.fsdp.export_hf; call it on every rank).
         With LoRA the weights are the merged model (no PEFT needed to load it), and the adapter itself is always
         written to `hf_dir`/lora_adapter in PEFT's format (rl_trainer.workers.lora)."""
         model = self.train_state.model
-        keep = self.rank == 0
-        weights = None
-        if with_weights:
-            source = lora.merged_full_params(model) if lora.is_lora(model) else fsdp.iter_full_params(model)
-            weights = {name: t.cpu().clone() for name, t in source if keep}
-        adapter = lora.adapter_full_state(model, keep) if lora.is_lora(model) else None
-        if not keep:
+        if not lora.is_lora(model):
+            fsdp.export_hf(model, hf_dir, with_weights, auto_class, self.rank, tokenizer)
             return
-        config = model.config
-        generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
-        if weights is not None:
-            with torch.device("meta"):
-                folder = auto_class.from_config(config)
-            if generation_config is not None:
-                folder.generation_config = generation_config
-            folder.save_pretrained(hf_dir, state_dict=weights)
-        else:
-            config.save_pretrained(hf_dir)
-            if generation_config is not None:
-                generation_config.save_pretrained(hf_dir)
-        if adapter is not None:
+        adapter = lora.adapter_full_state(model, self.rank == 0)  # collectives: the same order on every rank
+        fsdp.export_hf(model, hf_dir, with_weights, auto_class, self.rank, tokenizer,
+                       params=lora.merged_full_params(model))
+        if adapter is not None and self.rank == 0:
             lora.save_adapter(model, os.path.join(hf_dir, lora.ADAPTER_DIR), adapter)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(hf_dir)
 
     def master_address(self) -> tuple[str, int]:
         """Called on rank 0 before the group forms: where the other ranks should connect."""

@@ -117,6 +117,32 @@ def iter_full_params(model: torch.nn.Module, tied_aliases: bool = False) -> Iter
         yield name, full
 
 
+def export_hf(model: torch.nn.Module, hf_dir: str | Path, with_weights: bool, auto_class: Any, rank: int,
+              tokenizer: Any = None, params: Iterator[tuple[str, torch.Tensor]] | None = None) -> None:
+    """A Hugging Face folder of a sharded model, as verl's FSDP checkpoint manager writes it: rank 0 always saves the
+    model config (and generation config, and `tokenizer` if given); the full weights, loadable with
+    `auto_class.from_pretrained`, only `with_weights` ("hf_model" in save_contents). The weights are gathered from
+    every rank (a collective: call it on all of them) into a model built on the meta device: only they take memory.
+    `params`: the (name, full tensor) pairs to write instead of the model's own (LoRA: the merged weights)."""
+    source = iter_full_params(model) if params is None else params
+    weights = {name: t.cpu().clone() for name, t in source if rank == 0} if with_weights else None
+    if rank != 0:
+        return
+    generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
+    if weights is not None:
+        with torch.device("meta"):
+            folder = auto_class.from_config(model.config)
+        if generation_config is not None:
+            folder.generation_config = generation_config
+        folder.save_pretrained(hf_dir, state_dict=weights)
+    else:
+        model.config.save_pretrained(hf_dir)
+        if generation_config is not None:
+            generation_config.save_pretrained(hf_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(hf_dir)
+
+
 def local_param_fraction(model: torch.nn.Module) -> float:
     """Fraction of the model's parameters that this rank holds (1 / world size for evenly divisible shapes)."""
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())

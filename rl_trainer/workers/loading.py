@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer)
 
 from rl_trainer.errors import UserError
 
@@ -86,4 +87,20 @@ def load_value_model(path: str, *, key: str = "critic.model.path", dtype: torch.
     config.num_labels = 1
     config.classifier_dropout = 0.0
     return _from_pretrained(AutoModelForTokenClassification, path, key, config, dtype, trust_remote_code,
+                            gradient_checkpointing)
+
+
+def load_reward_model(path: str, *, key: str = "model.path", pad_token_id: int | None = None,
+                      dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+                      override_config: dict | None = None, gradient_checkpointing: bool = False) -> Any:
+    """A sequence classifier with one label (a reward model): the score of a sequence is the head's output at its
+    last token that is not padding (transformers' pooling, so a saved model scores the same after
+    `AutoModelForSequenceClassification.from_pretrained`). From a causal-LM checkpoint the `score` head is new,
+    initialised from the current torch seed (call `seed_everything` first so every rank builds the same one).
+    `pad_token_id` fills the config's when it has none (the pooling needs it for batches of several rows)."""
+    config = _model_config(path, key, trust_remote_code, override_config)
+    config.num_labels = 1
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_token_id
+    return _from_pretrained(AutoModelForSequenceClassification, path, key, config, dtype, trust_remote_code,
                             gradient_checkpointing)
