@@ -24,6 +24,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_resolver()  # before Hydra composes: configs/ppo_trainer.yaml names sweep jobs with it
 
 
+# Configs in configs/ that belong to another entry point than this one.
+OTHER_ENTRY_POINTS = {"sft_trainer": "rl_trainer.sft", "rm_trainer": "rl_trainer.rm"}
+
+
 def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
     """verl scripts pass `--config-path=config --config-name=ppo_trainer` (or -cp / -cn), meaning verl's own config
     directory; Hydra would look for `config` beside rl_trainer/main.py and fail. Returns (argv with the path made
@@ -59,10 +63,14 @@ def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
         key = arg.split("=", 1)[0]
         if key.startswith("+") and not key.startswith("++") and not (Path(config_dir) / key[1:]).is_dir():
             argv[i] = "+" + arg
+    shipped = ", ".join(sorted(p.stem for p in Path(CONFIG_DIR).glob("ppo*.yaml")))
+    if config_dir == CONFIG_DIR and name in OTHER_ENTRY_POINTS:
+        raise UserError(f"--config-name={name} is the config of python -m {OTHER_ENTRY_POINTS[name]}; run that "
+                        f"(python -m rl_trainer.main trains PPO/GRPO with {shipped})")
     if not (Path(config_dir) / f"{name}.yaml").is_file():
-        shipped = ", ".join(sorted(p.stem for p in Path(CONFIG_DIR).glob("ppo*.yaml")))
         raise UserError(f"--config-name={name}: no {name}.yaml in {config_dir}; rl_trainer's configs are {shipped} "
-                        "(verl's SFT, generation and evaluation configs are not part of rl_trainer)")
+                        "(SFT: python -m rl_trainer.sft; reward models: python -m rl_trainer.rm; verl's generation "
+                        "and evaluation configs are not part of rl_trainer)")
     return argv, config_dir, name
 
 

@@ -126,7 +126,9 @@ def test_config_flags(tmp_path, monkeypatch, capsys):
     (tmp_path / "mine" / "exp.yaml").write_text("defaults: [ppo_trainer]\n")
     argv, config_dir, name = config_flags(["-cp", "mine", "-cn", "exp"])
     assert (config_dir, name) == (str(tmp_path / "mine"), "exp")
-    with pytest.raises(UserError, match="--config-name=sft_trainer: no sft_trainer.yaml"):
+    with pytest.raises(UserError, match="--config-name=generation: no generation.yaml"):
+        config_flags(["--config-name=generation"])
+    with pytest.raises(UserError, match="--config-name=sft_trainer is the config of python -m rl_trainer.sft"):
         config_flags(["--config-name=sft_trainer"])
     # +key adds or overrides (++); a config group keeps its +
     assert config_flags(["+trainer.seed=3", "+variant=grpo"])[0] == ["++trainer.seed=3", "+variant=grpo"]
