@@ -101,7 +101,8 @@ def reward_model_config(path: str, *, key: str = "reward_model.model.path", trus
     labels. The weights are checked when loaded (`load_reward_model`)."""
     config = _model_config(path, key, trust_remote_code, override_config)
     architectures = list(getattr(config, "architectures", None) or [])
-    if architectures and all(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
+    generative = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    if architectures and all(a.endswith(generative) for a in architectures):
         raise UserError(f"{key}={path} is a causal LM ({', '.join(architectures)}) without a score head, not a "
                         f"reward model; {RM_TRAINING_HINT}")
     if any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures) \

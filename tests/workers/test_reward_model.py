@@ -11,30 +11,15 @@ import socket
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from helpers import config_stage_error, worker_config
+from helpers import config_stage_error, save_reward_model, worker_config
 from rl_trainer.batch import Batch
 from rl_trainer.distributed import LocalWorkerGroup
 from rl_trainer.errors import UserError
 from rl_trainer.workers.reward_model import RewardModelWorker
 
-# The reward model's own chat format, unlike the policy's ChatML: re-templated text is recognisable by hand.
-RM_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 QUESTIONS = ["What is 2 + 3?", "Tom has 4 apples and eats one. How many are left?", "Name a prime.", "7 * 6 = ?"]
-
-
-def save_reward_model(path, policy_dir, chat_template: str | None = RM_TEMPLATE) -> str:
-    """A random one-label Qwen2ForSequenceClassification with the policy's tokenizer and `chat_template`."""
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    torch.manual_seed(1)
-    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    Qwen2ForSequenceClassification(config).save_pretrained(path)
-    tokenizer.chat_template = chat_template
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
