@@ -66,7 +66,8 @@ VERL_ADV_ESTIMATORS = ("gae", "gdpo", "gpg", "grpo", "grpo_passk", "grpo_vectori
 _DYN = "dynamic batch sizes: in progress (use_dynamic_bsz)"
 _MEGATRON = Refused("*megatron*", "Megatron", "use --config-name ppo_trainer (FSDP2)")
 _LORA = "read only by Megatron's LoRA (model.lora.rank > 0), which is refused; use model.lora_rank"
-_RM = "use a rule reward (custom_reward_function.path) or the built-in scorer of the row's data_source"
+_RM = ("use reward_model.enable=true with reward_model.model.path (the FSDP reward-model worker), or a rule reward "
+       "(custom_reward_function.path)")
 
 # Rules, first match wins; on a key that rl_trainer implements, only rules marked `implemented` apply.
 RULES: tuple[Hint | Refused, ...] = (
@@ -212,8 +213,11 @@ RULES: tuple[Hint | Refused, ...] = (
     Hint("*reward_manager*", "rl_trainer's reward manager is verl's naive one", ("naive",)),
     Refused("*reward_manager*", "this reward manager", "use reward_manager=naive with custom_reward_function.path"),
     Hint("reward_model.use_reward_loop", "rewards are computed in the driver (speed only)"),
-    Refused("reward.reward_model.*", "the reward model worker (until a later issue)", _RM),
-    Refused("reward_model.*", "the reward model worker (until a later issue)", _RM),
+    Hint("reward_model.model.use_remove_padding", "padding-free packing is not implemented; the padded path gives the "
+         "same numbers"),
+    Refused("reward.reward_model.*", "verl 0.9.1's served reward model (reward.reward_model.*: a rollout engine)", _RM),
+    Refused("reward_model.rollout.*", "a reward model served by a rollout engine", _RM),
+    Refused("reward_model.*", "this reward-model setting (the reward model is colocated with the actor)", _RM),
     Refused("*sandbox_fusion.*", "sandboxed code execution rewards", "score in custom_reward_function.path"),
     # Algorithm extensions.
     Refused("algorithm.rollout_correction.*", "rollout importance-sampling correction",
@@ -277,6 +281,7 @@ GLOBAL_MICRO_BATCH_KEYS = (
     ("actor_rollout_ref.ref.log_prob_micro_batch_size", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"),
     ("critic.ppo_micro_batch_size", "critic.ppo_micro_batch_size_per_gpu"),
     ("critic.forward_micro_batch_size", "critic.forward_micro_batch_size_per_gpu"),
+    ("reward_model.micro_batch_size", "reward_model.micro_batch_size_per_gpu"),
 )
 _ANY = object()
 

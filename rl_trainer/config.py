@@ -2,10 +2,11 @@
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
-`check_choices`, `check_unsupported`, `check_algorithm`, `check_optim`, `check_lora`, `check_rollout`, `check_checkpoint`,
-`check_trainer`, `warn_ineffective` and `check_batch_arithmetic`. Each raises `UserError` with the key, the
-numbers and the fix; downstream code (workers, trainer, rewards) trusts a validated config and does not check
-again. `fill_total_training_steps` is the one value filled in later, once the dataset's length is known.
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_optim`, `check_lora`, `check_rollout`,
+`check_dynamic_bsz`, `check_reward_model`, `check_checkpoint`, `check_trainer`, `warn_ineffective` and
+`check_batch_arithmetic`. Each raises `UserError` with the key, the numbers and the fix; downstream code (workers,
+trainer, rewards) trusts a validated config and does not check again. `fill_total_training_steps` is the one value
+filled in later, once the dataset's length is known.
 """
 
 from __future__ import annotations
@@ -133,16 +134,18 @@ DYNAMIC_BSZ_KEYS = (
     ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",)),
     ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",)),
     ("critic.use_dynamic_bsz", ("critic.ppo_max_token_len_per_gpu", "critic.forward_max_token_len_per_gpu")),
+    ("reward_model.use_dynamic_bsz", ("reward_model.forward_max_token_len_per_gpu",)),
 )
 
 
 def check_dynamic_bsz(cfg: DictConfig) -> None:
     """Token budgets (use_dynamic_bsz): every switch a bool, every budget a positive integer, and an enabled one at
     least a full row (rollout.prompt_length + rollout.response_length tokens), which verl asserts for padded rows.
-    The critic's keys are checked only when it is enabled."""
+    The critic's and the reward model's keys are checked only when it is enabled."""
     row = cfg.actor_rollout_ref.rollout.prompt_length + cfg.actor_rollout_ref.rollout.response_length
     for flag_key, budget_keys in DYNAMIC_BSZ_KEYS:
-        if flag_key.startswith("critic.") and not cfg.critic.enable:
+        if (flag_key.startswith("critic.") and not cfg.critic.enable) or \
+                (flag_key.startswith("reward_model.") and not cfg.reward_model.enable):
             continue
         flag = OmegaConf.select(cfg, flag_key)
         if not isinstance(flag, bool):
@@ -155,6 +158,29 @@ def check_dynamic_bsz(cfg: DictConfig) -> None:
                 raise UserError(
                     f"{key}={budget} is smaller than one sequence (rollout.prompt_length + rollout.response_length = "
                     f"{row} tokens) with {flag_key}=true; set {key} to at least {row}")
+
+
+def check_reward_model(cfg: DictConfig) -> None:
+    """reward_model.enable=true: a model path and positive sizes. With a custom reward function as well, one notice
+    line says which scores what: the reward model scores training and the function scores validation, as verl's
+    FSDP RewardModelWorker runs them (verl 0.9.1's served reward model, reward.reward_model.*, which rl_trainer
+    refuses, would instead score training with the function, which then queries the reward model itself)."""
+    rm = cfg.reward_model
+    if not isinstance(rm.enable, bool):
+        raise UserError(f"reward_model.enable={rm.enable!r} must be true or false")
+    if not rm.enable:
+        return
+    if not rm.model.path:
+        raise UserError("reward_model.enable=true needs reward_model.model.path: a reward model folder (saved from "
+                        "AutoModelForSequenceClassification, num_labels=1), e.g. the huggingface export of "
+                        "`python -m rl_trainer.rm`")
+    for key in ("micro_batch_size_per_gpu", "max_length"):
+        if rm[key] is not None:
+            _positive_int(rm[key], f"reward_model.{key}", " or null")
+    path, name, _ = custom_reward_config(cfg)
+    if path:
+        log.warning("reward_model.enable=true: the reward model scores training responses; %s:%s (the custom reward "
+                    "function) scores validation only", path, name)
 
 
 def resolve_device(requested: str) -> str:
@@ -237,7 +263,6 @@ def check_unsupported(cfg: DictConfig) -> None:
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
         "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
         "critic.fsdp.fsdp_size": (cfg.critic.fsdp.fsdp_size, -1),
-        "reward_model.enable": (cfg.reward_model.enable, False),
         "data.reward_fn_key": (cfg.data.reward_fn_key, "data_source"),
         "actor_rollout_ref.hybrid_engine": (arr.hybrid_engine, True),
     }
@@ -426,6 +451,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     check_lora(cfg)
     check_rollout(cfg)
     check_dynamic_bsz(cfg)
+    check_reward_model(cfg)
     check_checkpoint(cfg)
     check_trainer(cfg)
     warn_ineffective(cfg, overrides)

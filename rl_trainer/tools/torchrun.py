@@ -147,6 +147,10 @@ def check_tool_config(config: dict) -> None:
     if trainer["resume_mode"] == "resume_path":
         raise UserError("trainer.resume_mode=resume_path: the torchrun driver does not resume from checkpoints; "
                         "drop the key, or resume with python -m rl_trainer.main")
+    if config["reward_model"]["enable"]:
+        raise UserError("reward_model.enable=true: the torchrun driver scores its random prompts with a parity rule "
+                        "(they have no chat to show a reward model); score with a reward model in python -m "
+                        "rl_trainer.main")
 
 
 def model_paths(args: argparse.Namespace, config: dict, tmp: str) -> tuple[str, str | None]:
