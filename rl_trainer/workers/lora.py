@@ -9,8 +9,11 @@ base and the adapters both sharded). Three views of it leave the worker:
   `save_pretrained` format (`PeftModel.from_pretrained` loads it);
 - the reference policy: the same model under `model.disable_adapter()` (verl's ref-in-actor).
 
-Where we knowingly differ from verl: the critic's adapters use PEFT's TOKEN_CLS task, so its freshly initialised
-value head trains in full next to them (verl wraps the critic as a CAUSAL_LM task, which leaves the head frozen).
+Where this knowingly differs from verl 0.9.1: the critic's adapters use PEFT's TOKEN_CLS task, so its freshly
+initialised value head trains in full next to them (verl wraps the critic as a CAUSAL_LM task: with all-linear its
+random head gets a low-rank adapter like any other linear layer and its full weight stays frozen); `enabled` (an
+adapter path alone turns LoRA on); and the vLLM rollout always receives merged weights (verl's default,
+model.lora.merge=false, loads the adapter through vLLM's LoRA support).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from rl_trainer.errors import UserError
 from rl_trainer.workers import fsdp
 
 ADAPTER = "default"  # PEFT's name of the one adapter
-ADAPTER_DIR = "lora_adapter"
-VALUE_HEADS = ("score", "classifier")  # a token-classification model's head (PEFT's TOKEN_CLS modules_to_save)  # the adapter's folder inside an HF export (verl's model merger writes the same name)
+ADAPTER_DIR = "lora_adapter"  # the adapter's folder inside an HF export (verl's model merger writes the same name)
+VALUE_HEADS = ("score", "classifier")  # a token-classification model's head (PEFT's TOKEN_CLS modules_to_save)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class LoraSettings:
 def enabled(model_cfg: Any) -> bool:
     """LoRA is on with lora_rank > 0 or a lora_adapter_path (then the adapter's own rank, alpha and targets apply).
 
-    verl 0.9.1 differs knowingly: its trainer treats lora_adapter_path alone as LoRA (the reference comes from the
+    A knowing difference from verl 0.9.1: its trainer treats lora_adapter_path alone as LoRA (the reference comes from the
     actor with adapters disabled, and its example run_qwen2_5-3b_gsm8k_grpo_lora_from_adapter.sh sets only the
     path), but its FSDP engine loads the adapter only with lora_rank > 0; here the adapter is always loaded."""
     return model_cfg.lora_rank > 0 or model_cfg.get("lora_adapter_path") is not None
@@ -88,9 +91,11 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
     task = TaskType.TOKEN_CLS if value_model else TaskType.CAUSAL_LM
-    if settings.gradient_checkpointing:  # the checkpointed blocks' inputs must carry grads (the base is frozen)
+    if settings.gradient_checkpointing:  # as verl: reentrant checkpointing would cut the graph at a frozen input
         model.enable_input_require_grads()
     key = f"{settings.section}.lora_adapter_path"
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    head = model.get_output_embeddings() if tied else None
     if settings.adapter_path:
         try:
             model = PeftModel.from_pretrained(model, settings.adapter_path, is_trainable=True)
@@ -98,6 +103,7 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
             raise UserError(f"{key}={settings.adapter_path} does not fit {settings.section}.path's model "
                             f"({type(exc).__name__}: {_first_line(exc)}); pass an adapter trained on this base "
                             f"model") from exc
+        _check_adapted_layers(model, settings, head)
         return model
     check_targets(model, settings)
     exclude = settings.exclude_modules
@@ -106,15 +112,13 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
         exclude = heads + ([exclude] if isinstance(exclude, str) else list(exclude or []))
     config = LoraConfig(task_type=task, r=settings.rank, lora_alpha=settings.alpha, bias="none",
                         target_modules=settings.target_modules, exclude_modules=exclude or None)
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    head = model.get_output_embeddings()
     try:
         model = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{settings.section}.lora_rank={settings.rank}: PEFT cannot add LoRA adapters to "
                         f"{type(model).__name__} ({_first_line(exc)}); use lora_rank=0 (full fine-tuning) or "
                         f"target its nn.Linear modules") from exc
-    _check_adapted_layers(model, settings, head if tied else None)
+    _check_adapted_layers(model, settings, head)
     return model
 
 
