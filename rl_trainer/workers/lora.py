@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -113,7 +114,9 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
     config = LoraConfig(task_type=task, r=settings.rank, lora_alpha=settings.alpha, bias="none",
                         target_modules=settings.target_modules, exclude_modules=exclude or None)
     try:
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated alias; nothing the user can change
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{settings.section}.lora_rank={settings.rank}: PEFT cannot add LoRA adapters to "
                         f"{type(model).__name__} ({_first_line(exc)}); use lora_rank=0 (full fine-tuning) or "
