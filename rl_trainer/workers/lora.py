@@ -92,6 +92,8 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
     task = TaskType.TOKEN_CLS if value_model else TaskType.CAUSAL_LM
+    # PEFT's forward reads transformers' deprecated `is_gradient_checkpointing` alias: nothing a user can change.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if settings.gradient_checkpointing:  # as verl: reentrant checkpointing would cut the graph at a frozen input
         model.enable_input_require_grads()
     key = f"{settings.section}.lora_adapter_path"
@@ -114,9 +116,7 @@ def wrap(model: torch.nn.Module, settings: LoraSettings, value_model: bool = Fal
     config = LoraConfig(task_type=task, r=settings.rank, lora_alpha=settings.alpha, bias="none",
                         target_modules=settings.target_modules, exclude_modules=exclude or None)
     try:
-        with warnings.catch_warnings():  # PEFT reads transformers' deprecated alias; nothing the user can change
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, config)
+        model = get_peft_model(model, config)
     except (ValueError, TypeError) as exc:
         raise UserError(f"{settings.section}.lora_rank={settings.rank}: PEFT cannot add LoRA adapters to "
                         f"{type(model).__name__} ({_first_line(exc)}); use lora_rank=0 (full fine-tuning) or "
