@@ -215,10 +215,11 @@ RULES: tuple[Hint | Refused, ...] = (
     Hint("reward_model.use_reward_loop", "rewards are computed in the driver (speed only)"),
     Hint("reward_model.model.use_remove_padding", "padding-free packing is not implemented; the padded path gives the "
          "same numbers"),
+    Hint("reward_model.launch_reward_fn_async", "the reward step runs before the log-prob passes (speed only)"),
+    Refused("*sandbox_fusion.*", "sandboxed code execution rewards", "score in custom_reward_function.path"),
     Refused("reward.reward_model.*", "verl 0.9.1's served reward model (reward.reward_model.*: a rollout engine)", _RM),
     Refused("reward_model.rollout.*", "a reward model served by a rollout engine", _RM),
     Refused("reward_model.*", "this reward-model setting (the reward model is colocated with the actor)", _RM),
-    Refused("*sandbox_fusion.*", "sandboxed code execution rewards", "score in custom_reward_function.path"),
     # Algorithm extensions.
     Refused("algorithm.rollout_correction.*", "rollout importance-sampling correction",
             "training uses the recomputed old_log_prob (the default path)"),

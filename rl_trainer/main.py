@@ -202,8 +202,8 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val
             reward_model.call("init_model", *rm_paths)
         PPOTrainer(
             cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor, critic=critic,
-            reward_model=reward_model, use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints, total_steps=total_steps,
-            resume_path=resume_path,
+            reward_model=reward_model, use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints,
+            total_steps=total_steps, resume_path=resume_path,
         ).fit()
     except WorkerGroupError as exc:
         latest = checkpoints.latest()

@@ -64,7 +64,7 @@ def test_torchrun_runs_the_clis_train_step_with_critic_kl_in_reward_and_validati
         assert 0 < float(grad_norm) < float("inf")
 
 
-def test_torchrun_refuses_checkpointing_keys_in_one_line():
+def test_torchrun_refuses_what_it_cannot_honour_in_one_line():
     from rl_trainer.tools.torchrun import check_tool_config, load_config
 
     with pytest.raises(UserError, match=r"trainer\.save_freq=2: the torchrun driver does not save checkpoints"):
@@ -72,3 +72,6 @@ def test_torchrun_refuses_checkpointing_keys_in_one_line():
     with pytest.raises(UserError, match=r"trainer\.resume_mode=resume_path"):
         check_tool_config(load_config(["trainer.save_freq=-1", "trainer.resume_mode=resume_path",
                                        "trainer.resume_from_path=/nowhere/global_step_1"]))
+    with pytest.raises(UserError, match=r"reward_model\.enable=true: the torchrun driver scores its random prompts"):
+        check_tool_config(load_config(["trainer.save_freq=-1", "reward_model.enable=true",
+                                       "reward_model.model.path=/nowhere/rm"]))
