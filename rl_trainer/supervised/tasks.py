@@ -81,7 +81,7 @@ class RewardModelTask:
         return sdata.load_preference_pairs(files, cfg.data, tokenizer, max_samples, key)
 
     def load_model(self, path: str, cfg: Any, tokenizer: Any) -> Any:
-        return loading.load_reward_model(path, key=cfg.model_key, pad_token_id=tokenizer.pad_token_id,
+        return loading.init_reward_model(path, key=cfg.model_key, pad_token_id=tokenizer.pad_token_id,
                                          **model_kwargs(cfg))
 
     @staticmethod
