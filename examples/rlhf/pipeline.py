@@ -85,7 +85,7 @@ def rl(out: Path, data: dict, sft_model: Path, rm_model: Path, steps: int) -> Pa
         f"trainer.save_freq={steps}", "trainer.val_before_train=true", "trainer.logger=[console]",
         "trainer.resume_mode=disable", f"trainer.default_local_dir={out}/rl", f"hydra.run.dir={out}/rl_run"],
         out / "rl.log")
-    return out / "rl" / f"global_step_{steps}" / "actor" / "hf_model"
+    return out / "rl" / f"global_step_{steps}" / "actor" / "huggingface"
 
 
 def main() -> None:
