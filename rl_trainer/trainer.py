@@ -166,7 +166,8 @@ class PPOTrainer:
                             ("reward_model", self.reward_model)):
             if group is not None:
                 out[f"perf/peak_rss_gb/{name}"] = sum(group.call("peak_rss_bytes")) / 2**30
-                out[f"perf/optimizer_state_gb/{name}"] = sum(group.call("optimizer_state_bytes")) / 2**30
+                if name != "reward_model":  # the reward model is not trained: it has no optimizer
+                    out[f"perf/optimizer_state_gb/{name}"] = sum(group.call("optimizer_state_bytes")) / 2**30
         return out
 
     def _score_training(self, batch: Batch) -> RewardOutput:

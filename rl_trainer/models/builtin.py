@@ -3,6 +3,9 @@
     builtin:tiny-qwen2    the default model (GSM8K tokenizer) and the benchmark workload, below
     builtin:tiny-digits   a smaller Qwen2 with one token per character of the digit-shift task
                           (rl_trainer/data/digit_shift.py): the model that shows learning from scratch
+    builtin:tiny-sort     the same size, for the digit-sort task of the RLHF pipeline (rl_trainer/data/digit_sort.py):
+                          its chat template ends assistant turns with EOS and its pad token is not EOS, so SFT
+                          trains the stop and a reward model scores the EOS position
 
 No pretrained weights are needed to run or test rl_trainer: `actor_rollout_ref.model.path=builtin:<name>`
 resolves to a directory that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
@@ -75,6 +78,14 @@ TINY_DIGITS = dict(
     max_position_embeddings=64,
     tie_word_embeddings=True,
 )
+
+# builtin:tiny-sort: pad, EOS, ten digits and "=" (which closes every user turn, so the generation prompt is empty
+# and the template is prefix-consistent for SFT's per-turn masking).
+SORT_VOCAB = ("<pad>", EOS_TOKEN, *"0123456789", "=")
+SORT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'assistant' %}"
+                 "{{ message['content'] + '" + EOS_TOKEN + "' }}{% else %}{{ message['content'] + '=' }}{% endif %}"
+                 "{% endfor %}")
+TINY_SORT = dict(TINY_DIGITS, num_hidden_layers=4, vocab_size=len(SORT_VOCAB))
 
 
 def resolve_model_path(path: str, seed: int = 0) -> str:
@@ -216,6 +227,31 @@ def build_digits_tokenizer():
     return tokenizer
 
 
+def build_sort_tokenizer():
+    """One token per character of the digit-sort task; "<pad>" (id 0) pads, EOS (id 1) ends a response."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(WordLevel({token: i for i, token in enumerate(SORT_VOCAB)}, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token=EOS_TOKEN, pad_token="<pad>", unk_token="<pad>",
+        model_max_length=TINY_SORT["max_position_embeddings"],
+    )
+    tokenizer.chat_template = SORT_TEMPLATE
+    return tokenizer
+
+
+def _build_tiny_sort(out_dir: Path, seed: int) -> None:
+    from transformers import Qwen2Config
+
+    eos_id, pad_id = SORT_VOCAB.index(EOS_TOKEN), SORT_VOCAB.index("<pad>")
+    config = Qwen2Config(**TINY_SORT, bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id, dtype="float32")
+    _save_random_qwen2(out_dir, seed, build_sort_tokenizer(), config)
+
+
 def _build_tiny_qwen2(out_dir: Path, seed: int) -> None:
     _save_random_qwen2(out_dir, seed, build_tokenizer(), tiny_qwen2_config())
 
@@ -237,8 +273,7 @@ def _save_random_qwen2(out_dir: Path, seed: int, tokenizer, config) -> None:
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config).to(torch.float32)
-    eos_id = tokenizer.eos_token_id
-    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=eos_id)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     show_progress = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the one "building ..." line is all a first run should print
     try:
@@ -250,7 +285,7 @@ def _save_random_qwen2(out_dir: Path, seed: int, tokenizer, config) -> None:
     tokenizer.save_pretrained(out_dir, save_jinja_files=False)
 
 
-_BUILDERS = {"tiny-qwen2": _build_tiny_qwen2, "tiny-digits": _build_tiny_digits}
+_BUILDERS = {"tiny-qwen2": _build_tiny_qwen2, "tiny-digits": _build_tiny_digits, "tiny-sort": _build_tiny_sort}
 
 
 def _is_complete(directory: Path) -> bool:

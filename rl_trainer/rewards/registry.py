@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rl_trainer.errors import UserError
-from rl_trainer.rewards import digit_shift, gsm8k
+from rl_trainer.rewards import digit_shift, digit_sort, gsm8k
 
 RuleScorer = Callable[[str, str], Any]
 
@@ -74,3 +74,4 @@ def default_compute_score(
 
 register_reward_fn("openai/gsm8k")(gsm8k.compute_score)
 register_reward_fn("rl_trainer/digit_shift")(digit_shift.compute_score)
+register_reward_fn("rl_trainer/digit_sort")(digit_sort.compute_score)
