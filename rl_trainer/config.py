@@ -404,6 +404,10 @@ def check_trainer(cfg: DictConfig) -> None:
 
 def warn_ineffective(cfg: DictConfig, overrides: list[str] | None) -> None:
     """One-line notices for keys that are accepted but change nothing."""
+    if cfg.data.gen_batch_size is not None and not cfg.algorithm.filter_groups.enable:
+        log.warning("data.gen_batch_size=%s is read only by dynamic sampling; it has no effect with "
+                    "algorithm.filter_groups.enable=false (each step draws data.train_batch_size prompts)",
+                    cfg.data.gen_batch_size)
     for key in ("actor_rollout_ref.model.use_remove_padding", "critic.model.use_remove_padding"):
         if key.startswith("critic.") and not cfg.critic.enable:
             continue
