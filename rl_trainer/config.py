@@ -2,10 +2,10 @@
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
-`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_optim`, `check_rollout`, `check_checkpoint`,
-`check_trainer`, `warn_ineffective` and `check_batch_arithmetic`. Each raises `UserError` with the key, the
-numbers and the fix; downstream code (workers, trainer, rewards) trusts a validated config and does not check
-again. `fill_total_training_steps` is the one value filled in later, once the dataset's length is known.
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_optim`, `check_rollout`,
+`check_checkpoint`, `check_trainer`, `warn_ineffective` and `check_batch_arithmetic`. Each raises `UserError` with
+the key, the numbers and the fix; downstream code (workers, trainer, rewards) trusts a validated config and does
+not check again. `fill_total_training_steps` is the one value filled in later, once the dataset's length is known.
 """
 
 from __future__ import annotations
@@ -290,7 +290,8 @@ def check_rewards(cfg: DictConfig) -> None:
             raise UserError(f"data.gen_batch_size={gen} < data.train_batch_size={data.train_batch_size}: dynamic "
                             f"sampling draws generation batches of gen_batch_size prompts and keeps train_batch_size of "
                             f"them; set data.gen_batch_size >= {data.train_batch_size} (or null)")
-    rows, world = (gen or data.train_batch_size) * cfg.actor_rollout_ref.rollout.n, cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    rows = (gen or data.train_batch_size) * cfg.actor_rollout_ref.rollout.n
+    world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     if rows % world:
         raise UserError(f"data.gen_batch_size * rollout.n = {rows} sequences cannot be split over {world} workers; "
                         f"make it a multiple of {world}")

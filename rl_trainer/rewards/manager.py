@@ -66,7 +66,8 @@ def overlong_buffer(cfg: Mapping) -> OverlongBuffer | None:
     if unknown:
         raise UserError(f"reward_model.reward_kwargs.{unknown[0]}: nothing in rl_trainer reads this key (only "
                         f"overlong_buffer_cfg.* and max_resp_len, for reward_manager=dapo); remove it")
-    settings = _overlong_settings(dict(cfg["reward_model"]["overlong_buffer"]), dict(kwargs.get("overlong_buffer_cfg") or {}))
+    settings = _overlong_settings(dict(cfg["reward_model"]["overlong_buffer"]),
+                                  dict(kwargs.get("overlong_buffer_cfg") or {}))
     if not settings["enable"]:
         return None
     prefix = "reward_model.overlong_buffer"
