@@ -141,3 +141,17 @@ def test_remax_baseline_is_the_greedy_response_reward(tiny_models, gsm8k_dir, le
     # ReMax, outcome reward: every valid token's advantage is score - baseline of its prompt (2 prompts x n=2)
     expected = [r["score"] - baseline[i // 2].item() for i, r in enumerate(records)]
     assert torch.allclose(torch.tensor([r["advantage"] for r in records]), torch.tensor(expected), atol=1e-6)
+
+
+def test_a_step_without_signal_says_so_once(tiny_models, gsm8k_dir, tmp_path, caplog):
+    """A random model on GSM8K scores 0 everywhere: every group is all-equal, every GRPO advantage is 0."""
+    from helpers import local_trainer, loop_config, read_steps
+
+    cfg = loop_config(tiny_models["qwen2"], gsm8k_dir, tmp_path, ["trainer.total_training_steps=2"])
+    with local_trainer(cfg, tmp_path / "run", None) as trainer, caplog.at_level("WARNING", "rl_trainer.trainer"):
+        trainer.fit()
+    steps = read_steps(tmp_path / "run")
+    assert [steps[s]["critic/score/all_equal_group_ratio"] for s in (1, 2)] == [1.0, 1.0]
+    notices = [r.getMessage() for r in caplog.records if "no learning signal" in r.getMessage()]
+    assert len(notices) == 1 and notices[0].startswith("step 1: no learning signal: every advantage is 0")
+    assert "--config-name digit_shift" in notices[0] and "algorithm.filter_groups.enable=true" in notices[0]
