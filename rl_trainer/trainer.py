@@ -266,10 +266,10 @@ class PPOTrainer:
         scores = batch["token_level_scores"].sum(-1)
         log.warning(
             "step %d: no learning signal: every advantage is 0 (critic/score/all_equal_group_ratio=%.2f, scores "
-            "%g..%g), so the policy-gradient update changes nothing. Use a model or task that scores above 0 at "
-            "least sometimes (a pretrained instruct model, or the learnable demo: python -m rl_trainer.main "
-            "--config-name digit_shift), or algorithm.filter_groups.enable=true to generate more groups until "
-            "their rewards differ", self.global_step, metrics.get("critic/score/all_equal_group_ratio", float("nan")),
+            "%g..%g), so the policy-gradient update changes nothing. If every score is 0, use a model or task that "
+            "scores above 0 at least sometimes (a pretrained instruct model, or the learnable demo: python -m "
+            "rl_trainer.main --config-name digit_shift); either way, algorithm.filter_groups.enable=true generates "
+            "more groups until their rewards differ", self.global_step, metrics.get("critic/score/all_equal_group_ratio", float("nan")),
             scores.min().item(), scores.max().item())
 
     def _compute_advantages(self, batch: Batch, metrics: dict[str, float]) -> None:
