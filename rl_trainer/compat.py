@@ -65,8 +65,9 @@ VERL_ADV_ESTIMATORS = ("gae", "gdpo", "gpg", "grpo", "grpo_passk", "grpo_vectori
                        "tir_optimal_token_baseline")
 _DYN = "dynamic batch sizes: in progress (use_dynamic_bsz)"
 _MEGATRON = Refused("*megatron*", "Megatron", "use --config-name ppo_trainer (FSDP2)")
-_LORA = "read only with LoRA (lora_rank > 0), which is refused"
-_RM = "use a rule reward (custom_reward_function.path) or the built-in scorer of the row's data_source"
+_LORA = "read only by Megatron's LoRA (model.lora.rank > 0), which is refused; use model.lora_rank"
+_RM = ("use reward_model.enable=true with reward_model.model.path (the FSDP reward-model worker), or a rule reward "
+       "(custom_reward_function.path)")
 
 # Rules, first match wins; on a key that rl_trainer implements, only rules marked `implemented` apply.
 RULES: tuple[Hint | Refused, ...] = (
@@ -175,14 +176,12 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("actor_rollout_ref.rollout.router_config_path", "a rollout router", "use one engine per worker"),
     Refused("actor_rollout_ref.rollout.enable_rollout_routing_replay", "MoE routing replay", "leave it false"),
     # Models.
-    Refused("*lora_rank", "LoRA (until a later issue)", "use full fine-tuning (lora_rank=0)"),
-    Refused("*.lora.rank", "LoRA (until a later issue)", "use full fine-tuning (lora.rank=0)"),
-    Refused("*lora_adapter_path", "LoRA (until a later issue)", "load merged weights through model.path"),
-    Refused("*.lora.adapter_path", "LoRA (until a later issue)", "load merged weights through model.path"),
+    # LoRA: the FSDP keys (model.lora_rank, lora_alpha, target_modules, exclude_modules, lora_adapter_path) are
+    # implemented; verl's model.lora.* section configures Megatron-Bridge's LoRA (its own module names and alpha).
+    Refused("*.lora.rank", "Megatron's LoRA section (model.lora.*)", "set model.lora_rank (PEFT LoRA on FSDP2)"),
+    Refused("*.lora.adapter_path", "Megatron's LoRA section (model.lora.*)", "set model.lora_adapter_path"),
+    Hint("*.lora.merge", "the vLLM rollout always receives the merged weights (base + adapter) each step"),
     Hint("*.lora.*", _LORA),
-    Hint("*lora_alpha", _LORA),
-    Hint("*target_modules", _LORA),
-    Hint("*exclude_modules", _LORA),
     Refused("*.model.custom_chat_template", "a custom chat template", "use the tokenizer's own chat template"),
     Refused("*.model.hf_config_path", "a separate model config path", "put the config in model.path"),
     Refused("actor_rollout_ref.model.tokenizer_path", "model.tokenizer_path", "use data.tokenizer"),
@@ -214,8 +213,11 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("*reward_manager*", "reward manager classes loaded from a module (reward_manager.source=importlib)",
             "use reward.reward_manager.name=naive or dapo with custom_reward_function.path"),
     Hint("reward_model.use_reward_loop", "rewards are computed in the driver (speed only)"),
-    Refused("reward.reward_model.*", "the reward model worker (until a later issue)", _RM),
-    Refused("reward_model.*", "the reward model worker (until a later issue)", _RM),
+    Hint("reward_model.model.use_remove_padding", "padding-free packing is not implemented; the padded path gives the "
+         "same numbers"),
+    Refused("reward.reward_model.*", "verl 0.9.1's served reward model (reward.reward_model.*: a rollout engine)", _RM),
+    Refused("reward_model.rollout.*", "a reward model served by a rollout engine", _RM),
+    Refused("reward_model.*", "this reward-model setting (the reward model is colocated with the actor)", _RM),
     Refused("*sandbox_fusion.*", "sandboxed code execution rewards", "score in custom_reward_function.path"),
     # Algorithm extensions.
     Refused("algorithm.rollout_correction.*", "rollout importance-sampling correction",
@@ -278,6 +280,7 @@ GLOBAL_MICRO_BATCH_KEYS = (
     ("actor_rollout_ref.ref.log_prob_micro_batch_size", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"),
     ("critic.ppo_micro_batch_size", "critic.ppo_micro_batch_size_per_gpu"),
     ("critic.forward_micro_batch_size", "critic.forward_micro_batch_size_per_gpu"),
+    ("reward_model.micro_batch_size", "reward_model.micro_batch_size_per_gpu"),
 )
 _ANY = object()
 

@@ -2,16 +2,18 @@
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
-`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_optim`, `check_rollout`,
-`check_checkpoint`, `check_trainer`, `warn_ineffective` and `check_batch_arithmetic`. Each raises `UserError` with
-the key, the numbers and the fix; downstream code (workers, trainer, rewards) trusts a validated config and does
-not check again. `fill_total_training_steps` is the one value filled in later, once the dataset's length is known.
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_optim`, `check_lora`,
+`check_rollout`, `check_dynamic_bsz`, `check_reward_model`, `check_checkpoint`, `check_trainer`, `warn_ineffective`
+and `check_batch_arithmetic`. Each raises `UserError` with the key, the numbers and the fix; downstream code
+(workers, trainer, rewards) trusts a validated config and does not check again. `fill_total_training_steps` is the
+one value filled in later, once the dataset's length is known.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -134,16 +136,18 @@ DYNAMIC_BSZ_KEYS = (
     ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu",)),
     ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",)),
     ("critic.use_dynamic_bsz", ("critic.ppo_max_token_len_per_gpu", "critic.forward_max_token_len_per_gpu")),
+    ("reward_model.use_dynamic_bsz", ("reward_model.forward_max_token_len_per_gpu",)),
 )
 
 
 def check_dynamic_bsz(cfg: DictConfig) -> None:
     """Token budgets (use_dynamic_bsz): every switch a bool, every budget a positive integer, and an enabled one at
     least a full row (rollout.prompt_length + rollout.response_length tokens), which verl asserts for padded rows.
-    The critic's keys are checked only when it is enabled."""
+    The critic's and the reward model's keys are checked only when it is enabled."""
     row = cfg.actor_rollout_ref.rollout.prompt_length + cfg.actor_rollout_ref.rollout.response_length
     for flag_key, budget_keys in DYNAMIC_BSZ_KEYS:
-        if flag_key.startswith("critic.") and not cfg.critic.enable:
+        if (flag_key.startswith("critic.") and not cfg.critic.enable) or \
+                (flag_key.startswith("reward_model.") and not cfg.reward_model.enable):
             continue
         flag = OmegaConf.select(cfg, flag_key)
         if not isinstance(flag, bool):
@@ -156,6 +160,29 @@ def check_dynamic_bsz(cfg: DictConfig) -> None:
                 raise UserError(
                     f"{key}={budget} is smaller than one sequence (rollout.prompt_length + rollout.response_length = "
                     f"{row} tokens) with {flag_key}=true; set {key} to at least {row}")
+
+
+def check_reward_model(cfg: DictConfig) -> None:
+    """reward_model.enable=true: a model path and positive sizes. With a custom reward function as well, one notice
+    line says which scores what: the reward model scores training and the function scores validation, as verl's
+    FSDP RewardModelWorker runs them (verl 0.9.1's served reward model, reward.reward_model.*, which rl_trainer
+    refuses, would instead score training with the function, which then queries the reward model itself)."""
+    rm = cfg.reward_model
+    if not isinstance(rm.enable, bool):
+        raise UserError(f"reward_model.enable={rm.enable!r} must be true or false")
+    if not rm.enable:
+        return
+    if not rm.model.path:
+        raise UserError("reward_model.enable=true needs reward_model.model.path: a reward model folder (saved from "
+                        "AutoModelForSequenceClassification, num_labels=1), e.g. the huggingface export of "
+                        "`python -m rl_trainer.rm`")
+    for key in ("micro_batch_size_per_gpu", "max_length"):
+        if rm[key] is not None:
+            _positive_int(rm[key], f"reward_model.{key}", " or null")
+    path, name, _ = custom_reward_config(cfg)
+    if path:
+        log.warning("reward_model.enable=true: the reward model scores training responses; %s:%s (the custom reward "
+                    "function) scores validation only", path, name)
 
 
 def resolve_device(requested: str) -> str:
@@ -238,7 +265,6 @@ def check_unsupported(cfg: DictConfig) -> None:
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size": (arr.actor.ulysses_sequence_parallel_size, 1),
         "actor_rollout_ref.actor.fsdp_config.fsdp_size": (arr.actor.fsdp_config.fsdp_size, -1),
         "critic.fsdp.fsdp_size": (cfg.critic.fsdp.fsdp_size, -1),
-        "reward_model.enable": (cfg.reward_model.enable, False),
         "data.reward_fn_key": (cfg.data.reward_fn_key, "data_source"),
         "actor_rollout_ref.hybrid_engine": (arr.hybrid_engine, True),
     }
@@ -333,6 +359,42 @@ def check_optim(cfg: DictConfig) -> None:
             raise UserError(f"{section}.total_training_steps={optim.total_training_steps} is filled in by the trainer "
                             "(the run's step count, as in verl); remove it and set trainer.total_training_steps or "
                             "trainer.total_epochs instead")
+
+
+LORA_SECTIONS = ("actor_rollout_ref.model", "critic.model")
+
+
+def check_lora(cfg: DictConfig) -> None:
+    """The LoRA keys of the actor's and the critic's model (rl_trainer.workers.lora; docs/lora.md): lora_rank an
+    integer >= 0, lora_alpha > 0, target_modules a name, regex or list (that lora_adapter_path is an adapter folder:
+    `check_lora_adapters`). Whether target_modules names modules of the model, and whether the adapter fits the
+    base model, needs the model: the worker checks that when it builds it."""
+    for section in LORA_SECTIONS:
+        _check_lora_section(OmegaConf.select(cfg, section), section)
+
+
+def _check_lora_section(model_cfg, section: str) -> None:
+    rank = model_cfg.lora_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise UserError(f"{section}.lora_rank={rank} must be an integer >= 0 (0 = full fine-tuning, e.g. 8-64 = LoRA)")
+    alpha = model_cfg.lora_alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise UserError(f"{section}.lora_alpha={alpha} must be a number > 0 (the adapter scale is alpha / rank)")
+    targets = model_cfg.target_modules
+    if not (isinstance(targets, str) or (OmegaConf.is_list(targets) and targets
+                                         and all(isinstance(t, str) for t in targets))):
+        raise UserError(f"{section}.target_modules={targets} must be all-linear, a module-name regex or a non-empty "
+                        f"list of module names (e.g. [q_proj,v_proj])")
+
+
+def check_lora_adapters(cfg: DictConfig) -> None:
+    """Each lora_adapter_path is a PEFT adapter folder (checked when the run resolves its inputs, as the model and
+    data paths are, before Ray starts; whether it fits the base model is checked when the worker loads it)."""
+    for section in LORA_SECTIONS:
+        path = OmegaConf.select(cfg, section).get("lora_adapter_path")
+        if path is not None and not os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json")):
+            raise UserError(f"{section}.lora_adapter_path={path}: no adapter_config.json there; pass a folder written "
+                            f"by PEFT's save_pretrained (e.g. <checkpoint>/actor/huggingface/lora_adapter)")
 
 
 def fill_total_training_steps(cfg: DictConfig, steps_per_epoch: int) -> int:
@@ -433,8 +495,10 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     check_algorithm(cfg)
     check_rewards(cfg)
     check_optim(cfg)
+    check_lora(cfg)
     check_rollout(cfg)
     check_dynamic_bsz(cfg)
+    check_reward_model(cfg)
     check_checkpoint(cfg)
     check_trainer(cfg)
     warn_ineffective(cfg, overrides)

@@ -24,6 +24,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 register_resolver()  # before Hydra composes: configs/ppo_trainer.yaml names sweep jobs with it
 
 
+# Configs in configs/ that belong to another entry point than this one.
+OTHER_ENTRY_POINTS = {"sft_trainer": "rl_trainer.sft", "rm_trainer": "rl_trainer.rm"}
+
+
 def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
     """verl scripts pass `--config-path=config --config-name=ppo_trainer` (or -cp / -cn), meaning verl's own config
     directory; Hydra would look for `config` beside rl_trainer/main.py and fail. Returns (argv with the path made
@@ -59,10 +63,14 @@ def config_flags(argv: list[str]) -> tuple[list[str], str, str]:
         key = arg.split("=", 1)[0]
         if key.startswith("+") and not key.startswith("++") and not (Path(config_dir) / key[1:]).is_dir():
             argv[i] = "+" + arg
+    shipped = ", ".join(sorted(p.stem for p in Path(CONFIG_DIR).glob("ppo*.yaml")))
+    if config_dir == CONFIG_DIR and name in OTHER_ENTRY_POINTS:
+        raise UserError(f"--config-name={name} is the config of python -m {OTHER_ENTRY_POINTS[name]}; run that "
+                        f"(python -m rl_trainer.main trains PPO/GRPO with {shipped})")
     if not (Path(config_dir) / f"{name}.yaml").is_file():
-        shipped = ", ".join(sorted(p.stem for p in Path(CONFIG_DIR).glob("ppo*.yaml")))
         raise UserError(f"--config-name={name}: no {name}.yaml in {config_dir}; rl_trainer's configs are {shipped} "
-                        "(verl's SFT, generation and evaluation configs are not part of rl_trainer)")
+                        "(SFT: python -m rl_trainer.sft; reward models: python -m rl_trainer.rm; verl's generation "
+                        "and evaluation configs are not part of rl_trainer)")
     return argv, config_dir, name
 
 
@@ -72,7 +80,7 @@ class SweepJobFailed(Exception):
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
     """Train with the composed config `cfg`, writing metrics to `run_dir`."""
-    from rl_trainer.config import fill_total_training_steps, validate_config
+    from rl_trainer.config import check_lora_adapters, fill_total_training_steps, validate_config
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
     quiet_libraries()
@@ -91,9 +99,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
 
     model_path = resolve_model_path(arr.model.path, seed=trainer_cfg.seed)
     critic_path = resolve_model_path(cfg.critic.model.path, seed=trainer_cfg.seed) if cfg.critic.enable else None
+    check_lora_adapters(cfg)
     tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, trainer_cfg.seed) if data.tokenizer else model_path,
                                trust_remote_code=arr.model.trust_remote_code)
     reward_fn = get_custom_reward_fn(cfg)
+    rm_paths = reward_model_paths(cfg, tokenizer) if cfg.reward_model.enable else None
 
     train_loader, val_loader = prompt_loaders(cfg, tokenizer)
     total_steps = fill_total_training_steps(cfg, len(train_loader))  # the optimizers' LR schedules read it
@@ -109,7 +119,26 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
 
     train_on_ray(cfg, run_dir, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
                  reward_fn=reward_fn, checkpoints=checkpoints, total_steps=total_steps, resume_path=resume_path,
-                 model_path=model_path, critic_path=critic_path)
+                 model_path=model_path, critic_path=critic_path, rm_paths=rm_paths)
+
+
+def reward_model_paths(cfg: DictConfig, tokenizer) -> tuple[str, str | None]:
+    """(reward model, input tokenizer or None) directories for reward_model.enable, checked before Ray starts: the
+    folder is a one-label classifier (not a causal LM), and its tokenizer takes this run's rows."""
+    from rl_trainer.models.builtin import resolve_model_path
+    from rl_trainer.workers.loading import load_tokenizer, reward_model_config
+    from rl_trainer.workers.reward_model import check_reward_model_tokenizers
+
+    rm, seed = cfg.reward_model, cfg.trainer.seed
+    rm_path = resolve_model_path(rm.model.path, seed=seed)
+    reward_model_config(rm_path, trust_remote_code=rm.model.trust_remote_code,
+                        override_config=dict(rm.model.override_config))
+    rm_tokenizer = load_tokenizer(rm_path, "reward_model.model.path", trust_remote_code=rm.model.trust_remote_code)
+    src_path = resolve_model_path(rm.model.input_tokenizer, seed=seed) if rm.model.input_tokenizer else None
+    src_tokenizer = None if src_path is None else load_tokenizer(
+        src_path, "reward_model.model.input_tokenizer", trust_remote_code=rm.model.trust_remote_code)
+    check_reward_model_tokenizers(rm_tokenizer, src_tokenizer, tokenizer, rm_path)
+    return rm_path, src_path
 
 
 def prompt_loaders(cfg: DictConfig, tokenizer):
@@ -137,8 +166,11 @@ def prompt_loaders(cfg: DictConfig, tokenizer):
 
 
 def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val_loader, reward_fn, checkpoints,
-                 total_steps: int, resume_path, model_path: str, critic_path: str | None) -> None:
-    """Start (or join) Ray, build the worker groups, run PPOTrainer.fit, and tear everything down."""
+                 total_steps: int, resume_path, model_path: str, critic_path: str | None,
+                 rm_paths: tuple[str, str | None] | None = None) -> None:
+    """Start (or join) Ray, build the worker groups, run PPOTrainer.fit, and tear everything down. The critic and
+    the reward model (`rm_paths`: its folder and input tokenizer, when reward_model.enable) are colocated with the
+    actor: one process of each group per bundle, sharing its CPUs / GPU."""
     # Inputs are checked; now the heavy machinery (Ray, FSDP, checkpointing) is worth importing.
     import ray
 
@@ -149,15 +181,16 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val
     from rl_trainer.trainer import PPOTrainer
     from rl_trainer.workers.actor import ActorRolloutRefWorker
     from rl_trainer.workers.critic import CriticWorker
+    from rl_trainer.workers.reward_model import RewardModelWorker
 
     trainer_cfg = cfg.trainer
     config = OmegaConf.to_container(cfg, resolve=True)
     _init_ray(cfg)  # before the tracker: a cluster that cannot be joined leaves no half-open wandb run
     tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
-    pool = actor = critic = None
+    pool = actor = critic = reward_model = None
     try:
         pool = ResourcePool(trainer_cfg.nnodes, trainer_cfg.n_gpus_per_node, trainer_cfg.device, trainer_cfg.cpus_per_worker)
-        share = 0.5 if cfg.critic.enable else 1.0
+        share = 1.0 / (1 + bool(cfg.critic.enable) + (rm_paths is not None))
         actor = WorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, pool, config, share=share)
         print(pool.describe_placement(actor.call("node_and_pid")), flush=True)
         use_ref = needs_reference(cfg)
@@ -165,9 +198,12 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val
         if cfg.critic.enable:
             critic = WorkerGroup("critic", CriticWorker, pool, config, share=share)
             critic.call("init_model", critic_path, total_steps)
+        if rm_paths is not None:
+            reward_model = WorkerGroup("reward_model", RewardModelWorker, pool, config, share=share)
+            reward_model.call("init_model", *rm_paths)
         PPOTrainer(
             cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor, critic=critic,
-            use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints, total_steps=total_steps,
+            reward_model=reward_model, use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints, total_steps=total_steps,
             resume_path=resume_path,
         ).fit()
     except WorkerGroupError as exc:
@@ -178,7 +214,7 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val
         ) from exc
     finally:
         tracker.finish()
-        for group in (critic, actor):
+        for group in (reward_model, critic, actor):
             if group is not None:
                 group.shutdown()
         if pool is not None:

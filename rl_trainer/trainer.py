@@ -31,7 +31,7 @@ from rl_trainer.faults import fault_point
 from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, peak_rss_bytes,
                                 probs_diff_metrics, probs_diff_sums, seqlen_balance_metrics, timed)
 from rl_trainer.filter_groups import equal_group_ratio, metric_values, varying_group_rows
-from rl_trainer.rewards.manager import compute_token_level_scores, overlong_buffer, reward_manager_name
+from rl_trainer.rewards.manager import RewardOutput, compute_token_level_scores, overlong_buffer, reward_manager_name
 from rl_trainer.tracking import ProgressBar, Tracking
 from rl_trainer.workers.micro_batching import balanced_rank_order
 
@@ -43,19 +43,25 @@ if TYPE_CHECKING:  # the loop runs on Ray's WorkerGroup or the in-process LocalW
 log = logging.getLogger(__name__)
 
 GENERATION_INPUTS = ("prompts", "attention_mask", "position_ids")
+# What the reward model reads of a generated row (rl_trainer.workers.reward_model): its ids, and its chat messages
+# to re-render them in the reward model's chat template.
+REWARD_MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "responses")
 
 
 class PPOTrainer:
     def __init__(self, cfg: DictConfig, *, tokenizer, train_loader: PromptLoader | None,
                  val_loader: PromptLoader | None, actor: WorkerGroup | LocalWorkerGroup,
                  critic: WorkerGroup | LocalWorkerGroup | None, use_ref: bool, reward_fn, tracker: Tracking | None,
-                 checkpoints: CheckpointManager | None, total_steps: int, resume_path: Path | None):
+                 checkpoints: CheckpointManager | None, total_steps: int, resume_path: Path | None,
+                 reward_model: WorkerGroup | LocalWorkerGroup | None = None):
         """train_loader, tracker and checkpoints serve fit() and save_checkpoint(); a caller that drives
         train_step itself (the torchrun driver) may pass None for them and must keep trainer.save_freq off.
-        val_loader: any re-iterable of prompt Batches (validate() only iterates it)."""
+        val_loader: any re-iterable of prompt Batches (validate() only iterates it). reward_model: the group of
+        rl_trainer.workers.reward_model.RewardModelWorker (reward_model.enable), or None."""
         self.cfg, self.tokenizer = cfg, tokenizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.actor, self.critic, self.use_ref = actor, critic, use_ref
+        self.reward_model = reward_model
         self.reward_fn, self.tracker, self.checkpoints = reward_fn, tracker, checkpoints
         self.total_steps, self.resume_path = total_steps, resume_path
         self.kl_ctrl = get_kl_controller(**OmegaConf.to_container(cfg.algorithm.kl_ctrl))
@@ -166,16 +172,30 @@ class PPOTrainer:
                 f"it to null to only log the gap")
 
     def _memory_metrics(self) -> dict[str, float]:
-        """Peak resident memory so far, GiB: the driver's, and the sum over each worker group's processes."""
+        """Peak resident memory so far, GiB: the driver's, and the sum over each worker group's processes; and the
+        size of each group's optimizer state (summed over its ranks' shards; with LoRA, of the adapters only)."""
         out = {"perf/peak_rss_gb/driver": peak_rss_bytes() / 2**30}
-        for name, group in (("actor_rollout_ref", self.actor), ("critic", self.critic)):
+        for name, group in (("actor_rollout_ref", self.actor), ("critic", self.critic),
+                            ("reward_model", self.reward_model)):
             if group is not None:
                 out[f"perf/peak_rss_gb/{name}"] = sum(group.call("peak_rss_bytes")) / 2**30
+                out[f"perf/optimizer_state_gb/{name}"] = sum(group.call("optimizer_state_bytes")) / 2**30
         return out
 
-    def _score(self, batch: Batch):
+    def _score_training(self, batch: Batch) -> RewardOutput:
+        """The training reward. With reward_model.enable, the reward model's rm_scores (kept in the batch), as verl's
+        naive reward manager returns them when present: the rule / custom function does not run on training rows
+        and there is no reward_extra_info. Otherwise `_score`."""
+        if self.reward_model is None:
+            return self._score(batch)
+        inputs = Batch({k: batch.tensors[k] for k in REWARD_MODEL_INPUTS}, {"raw_prompt": batch["raw_prompt"]})
+        batch["rm_scores"] = self.reward_model.dispatch("compute_rm_score", inputs)["rm_scores"]
+        return RewardOutput(batch["rm_scores"])
+
+    def _score(self, batch: Batch) -> RewardOutput:
         """Decode each response and score it (custom function, or the rule scorer of its data_source), with the
-        configured reward manager (naive, or dapo with its overlong buffer)."""
+        configured reward manager (naive, or dapo with its overlong buffer); validation always scores this way, with
+        or without a reward model (as verl's FSDP RewardModelWorker setup)."""
         return compute_token_level_scores(
             batch["responses"], batch["response_mask"], batch["data_source"], batch["ground_truth"], self.tokenizer,
             extra_infos=batch["extra_info"], compute_score=self.reward_fn, manager=reward_manager_name(self.cfg),
@@ -210,11 +230,11 @@ class PPOTrainer:
             with phase("gen_max"):
                 greedy = self._generate(prompts, greedy=True)
         with phase("reward"):
-            scored = self._score(batch)
+            scored = self._score_training(batch)
             batch["token_level_scores"] = scored.token_level_scores
             _store_reward_extra(batch, scored.reward_extra_info)
-            if self.cfg.algorithm.adv_estimator == "remax":
-                baselines = self._score(greedy).token_level_scores.sum(-1)
+            if self.cfg.algorithm.adv_estimator == "remax":  # verl: the reward model's score when there is one
+                baselines = self._score_training(greedy).token_level_scores.sum(-1)
                 batch["reward_baselines"] = baselines.repeat_interleave(n)
         return batch
 

@@ -44,6 +44,27 @@ def small_run_overrides(model_dir, data_dir, tmp_path, reward=None) -> list[str]
     return overrides
 
 
+# A reward model's own chat format, unlike the tiny models' ChatML: re-templated text is recognisable by hand.
+RM_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
+def save_reward_model(path, policy_dir, chat_template: str | None = RM_TEMPLATE) -> str:
+    """A random one-label Qwen2ForSequenceClassification (the reward model of reward_model.enable) saved to `path`
+    with save_pretrained, with the policy's tokenizer and `chat_template`."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    torch.manual_seed(1)
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    Qwen2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def run_cli(overrides: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m rl_trainer.main OVERRIDES` as a user runs it, in its own session.
 

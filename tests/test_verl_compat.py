@@ -86,7 +86,7 @@ def test_hint_key_prints_one_notice_and_runs(caplog):
 
 
 @pytest.mark.parametrize("override, feature", [
-    ("actor_rollout_ref.model.lora_rank=8", "LoRA"),
+    ("actor_rollout_ref.model.lora.rank=8", "Megatron's LoRA"),
     ("actor_rollout_ref.rollout.multi_turn.enable=true", "multi-turn"),
     ("actor_rollout_ref.actor.strategy=megatron", "Megatron"),
     ("model_engine=megatron", "Megatron"),
@@ -126,7 +126,9 @@ def test_config_flags(tmp_path, monkeypatch, capsys):
     (tmp_path / "mine" / "exp.yaml").write_text("defaults: [ppo_trainer]\n")
     argv, config_dir, name = config_flags(["-cp", "mine", "-cn", "exp"])
     assert (config_dir, name) == (str(tmp_path / "mine"), "exp")
-    with pytest.raises(UserError, match="--config-name=sft_trainer: no sft_trainer.yaml"):
+    with pytest.raises(UserError, match="--config-name=generation: no generation.yaml"):
+        config_flags(["--config-name=generation"])
+    with pytest.raises(UserError, match="--config-name=sft_trainer is the config of python -m rl_trainer.sft"):
         config_flags(["--config-name=sft_trainer"])
     # +key adds or overrides (++); a config group keeps its +
     assert config_flags(["+trainer.seed=3", "+variant=grpo"])[0] == ["++trainer.seed=3", "+variant=grpo"]

@@ -1,4 +1,5 @@
-"""`python -m rl_trainer.tools.bench [--steps 7] [--model DIR] [--baseline] [overrides...]`: the standard workload.
+"""`python -m rl_trainer.tools.bench [--steps 7] [--model DIR | --shape NAME] [--baseline] [overrides...]`: the
+standard workload.
 
 The standard workload (docs/performance.md; keep it exact, numbers elsewhere are measured against it):
 
@@ -20,7 +21,9 @@ The standard workload (docs/performance.md; keep it exact, numbers elsewhere are
 
 It runs `python -m rl_trainer.main` with these overrides in a subprocess (driver, Ray, FSDP workers: the real
 path), waits for it, and prints step times, tokens per step and per second, the per-phase breakdown, peak
-resident memory and the time from launch to the end of the first step. `--baseline` turns rl_trainer's
+resident memory, the optimizer state's size and the time from launch to the end of the first step. `--shape NAME`
+swaps the model for a random-init Qwen2 of one of rl_trainer.tools.torchrun's SHAPES (e.g. qwen2-25m, 25M
+parameters) with the standard tokenizer, built into the run directory: the same workload on a larger model. `--baseline` turns rl_trainer's
 optimisations off (shared prompt prefixes, reuse of the update's forward for old_log_prob, the native decode step)
 to measure them.
 """
@@ -129,6 +132,8 @@ def summarize(rows: list[dict]) -> dict:
         "phases_s": {p: statistics.median(r.get(f"timing_s/{p}", 0.0) for r in measured)
                      for p in PHASES if any(f"timing_s/{p}" in r for r in measured)},
         "peak_rss_gb": {k.rsplit("/", 1)[-1]: max(r[k] for r in rows) for k in rows[-1] if k.startswith("perf/peak_rss_gb/")},
+        "optimizer_state_gb": {k.rsplit("/", 1)[-1]: rows[-1][k] for k in rows[-1]
+                               if k.startswith("perf/optimizer_state_gb/")},
     }
     return out
 
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=7, help="training steps (default 7; the first is warm-up)")
     parser.add_argument("--model", help="a Hugging Face model directory of the standard workload's kind")
+    parser.add_argument("--shape", help="a random-init Qwen2 of this shape instead (rl_trainer.tools.torchrun.SHAPES)")
     parser.add_argument("--baseline", action="store_true", help="turn rl_trainer's opt-in optimisations off")
     parser.add_argument("--run-dir", type=Path, help="where the run writes (default: a new temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the summary here as JSON")
@@ -147,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be >= 1")
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="rl_trainer_bench_"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = command(args.steps, run_dir, args.model, args.baseline, args.overrides)
+    model = args.model
+    if args.shape:
+        model = shape_model(args.shape, run_dir / f"model-{args.shape}")
+    cmd = command(args.steps, run_dir, model, args.baseline, args.overrides)
     print("command:", shlex.join(["python", *cmd[1:]]), flush=True)
     code, first_step_s, total_s = run(cmd, run_dir)
     rows = [r for r in read_metrics(run_dir) if "timing_s/step" in r]
@@ -161,6 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def shape_model(shape: str, out_dir: Path) -> str:
+    """A random-init Qwen2 of `shape` (seed 0) with builtin:tiny-qwen2's tokenizer, saved to `out_dir`."""
+    from rl_trainer.errors import UserError
+    from rl_trainer.models.builtin import ensure_builtin_model
+    from rl_trainer.tools.torchrun import SHAPES, random_model
+
+    if shape not in SHAPES:
+        raise UserError(f"--shape {shape}: not a known shape; use one of {sorted(SHAPES)}")
+    return random_model(shape, str(ensure_builtin_model("tiny-qwen2", seed=0)), out_dir, seed=0)
 
 
 def _threads(cmd: list[str]) -> str:
@@ -181,6 +201,7 @@ def _print(s: dict) -> None:
     print("  phases (median)  " + "  ".join(f"{p} {v:.3f}" for p, v in s["phases_s"].items()))
     print("  peak RSS         " + "  ".join(f"{k} {v:.2f} GiB" for k, v in s["peak_rss_gb"].items())
           + f"  (total {sum(s['peak_rss_gb'].values()):.2f} GiB)")
+    print("  optimizer state  " + "  ".join(f"{k} {v * 1024:.1f} MiB" for k, v in s["optimizer_state_gb"].items()))
     first = s["launch_to_first_step_s"]
     print(f"  launch -> end of step 1  {first:.1f} s" if first is not None else "  launch -> step 1: not seen")
     print(f"  run dir          {s['run_dir']}")

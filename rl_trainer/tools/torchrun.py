@@ -37,7 +37,9 @@ not given).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -52,7 +54,12 @@ from rl_trainer.errors import UserError
 from rl_trainer.rewards.manager import RewardOutput
 from rl_trainer.trainer import PPOTrainer
 
-SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape
+SHAPES = {  # random-init model shapes (Qwen2 architecture) for --shape; qwen2-tiny is gpu_check.sh's CPU dry run
+    "qwen2-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024, tie_word_embeddings=True),
+    # 25M parameters: a CPU-sized shape where full fine-tuning's optimizer state outweighs the model (bench --shape).
+    "qwen2-25m": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024, tie_word_embeddings=True),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
                          tie_word_embeddings=True, rope_theta=1000000.0),
@@ -143,6 +150,10 @@ def check_tool_config(config: dict) -> None:
     if trainer["resume_mode"] == "resume_path":
         raise UserError("trainer.resume_mode=resume_path: the torchrun driver does not resume from checkpoints; "
                         "drop the key, or resume with python -m rl_trainer.main")
+    if config["reward_model"]["enable"]:
+        raise UserError("reward_model.enable=true: the torchrun driver scores its random prompts with a parity rule "
+                        "(they have no chat to show a reward model); score with a reward model in python -m "
+                        "rl_trainer.main")
 
 
 def model_paths(args: argparse.Namespace, config: dict, tmp: str) -> tuple[str, str | None]:
@@ -232,6 +243,10 @@ def main(argv: list[str] | None = None) -> None:
                              "step per training step); default: data.train_batch_size / ranks")
     parser.add_argument("--prompt-length", type=int, default=None, help="default: data.max_prompt_length")
     parser.add_argument("--peak-tflops", type=float, default=None, help="per device, for the MFU line")
+    parser.add_argument("--check", action="store_true",
+                        help="scripts/gpu_check.sh's assertions after the steps (finite losses, the rollout/actor "
+                             "log-prob gap within rollout.max_probs_diff_mean, a checkpoint save/load round trip); "
+                             "exit 1 when one fails")
     args, overrides = parser.parse_known_args(argv)
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -269,17 +284,58 @@ def main(argv: list[str] | None = None) -> None:
             _print_validation(trainer.validate(), world, worker.device, rank)
             if cfg.trainer.val_only:
                 return
+        history = []
         for step in range(1, args.steps + 1):
             trainer.global_step = step
-            metrics = trainer.train_step(draw(), epoch=0)
-            line = step_line(step, metrics, prompts_per_rank * cfg.actor_rollout_ref.rollout.n, params, world, peak,
-                             worker.device)
+            history.append(trainer.train_step(draw(), epoch=0))
+            line = step_line(step, history[-1], prompts_per_rank * cfg.actor_rollout_ref.rollout.n, params, world,
+                             peak, worker.device)
             if rank == 0:
                 print(line, flush=True)
+        if args.check and not run_checks(trainer, draw, history, cfg.actor_rollout_ref.rollout.max_probs_diff_mean):
+            sys.exit(1)
     finally:
         for group in (critic, actor):  # the actor's group formed the process group: it goes last
             if group is not None:
                 group.shutdown()
+
+
+def run_checks(trainer: RandomPromptTrainer, draw, history: list[dict[str, float]], max_gap: float | None) -> bool:
+    """--check: every step's actor (and critic) losses and grad norms finite on every rank; the rollout/actor
+    log-prob gap (training/rollout_probs_diff_mean, needs rollout.calculate_log_probs=true) measured and within
+    `max_gap`; and a checkpoint round trip: save the actor, train one more step (the log-probs of a fixed batch
+    move), load, and the log-probs equal the saved ones bit for bit. Rank 0 prints one line per check; True when
+    all pass on all ranks."""
+    actor, device, rank = trainer.actor, trainer.actor.worker.device, dist.get_rank()
+    losses = [v for m in history for k, v in m.items()
+              if k in ("actor/pg_loss", "actor/grad_norm", "critic/vf_loss", "critic/grad_norm")]
+    gaps = [m["training/rollout_probs_diff_mean"] for m in history if "training/rollout_probs_diff_mean" in m]
+    gap = max(gaps) if gaps else float("nan")
+    batch = actor.dispatch("generate_sequences", draw())
+    saved = actor.dispatch("compute_log_prob", batch)["old_log_probs"]
+    path = [tempfile.mkdtemp(prefix="gpu_check_ckpt_") if rank == 0 else None]
+    dist.broadcast_object_list(path, src=0)
+    actor.call("save_checkpoint", path[0], None)
+    trainer.global_step += 1
+    trainer.train_step(draw(), epoch=0)
+    moved = (actor.dispatch("compute_log_prob", batch)["old_log_probs"] - saved).abs().max().item()
+    actor.call("load_checkpoint", path[0])
+    restored = actor.dispatch("compute_log_prob", batch)["old_log_probs"]
+    results = {
+        f"finite losses and grad norms ({len(losses)} values)": bool(losses) and all(math.isfinite(v) for v in losses),
+        f"rollout/actor gap: training/rollout_probs_diff_mean max {gap:.3g} (limit {max_gap})":
+            bool(gaps) and (max_gap is None or gap <= max_gap),
+        f"checkpoint round trip: one more step moved the log-probs by {moved:.3g}, loading restored them exactly":
+            moved > 0 and torch.equal(restored, saved),
+    }
+    passed = torch.tensor([float(ok) for ok in results.values()], device=device)
+    dist.all_reduce(passed, op=dist.ReduceOp.MIN)
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(path[0], ignore_errors=True)
+        for (name, _), ok in zip(results.items(), passed.tolist()):
+            print(f"check {'ok  ' if ok else 'FAIL'} {name}", flush=True)
+    return bool(passed.min().item())
 
 
 def _custom_reward_fn(cfg):

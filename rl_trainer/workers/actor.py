@@ -1,7 +1,7 @@
 """The actor + rollout + reference worker: one per device, verl's hybrid engine.
 
 Each rank holds an FSDP2 shard of the trainable policy and, when a KL term needs it, of the frozen reference
-model; its rollout engine generates with the actor's current weights (synced before every generation). The
+model (with LoRA, none: the reference is the policy with its adapters disabled); its rollout engine generates with the actor's current weights (synced before every generation). The
 driver calls these methods on every rank with that rank's slice of the batch.
 """
 
@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from rl_trainer.algos import compute_actor_loss, entropy_from_logits
 from rl_trainer.batch import Batch
 from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
-from rl_trainer.workers import fsdp
+from rl_trainer.workers import fsdp, lora
 from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, in_row_order
 from rl_trainer.workers.forward import pad_responses, response_logits
 from rl_trainer.workers.loading import load_causal_lm, load_tokenizer
@@ -54,6 +54,9 @@ class ActorRolloutRefWorker(WorkerBase):
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=arr.model.trust_remote_code)
         load = dict(trust_remote_code=arr.model.trust_remote_code, override_config=dict(arr.model.override_config))
         actor = load_causal_lm(model_path, gradient_checkpointing=arr.model.enable_gradient_checkpointing, **load)
+        self.lora = lora.enabled(arr.model)
+        if self.lora:  # only the adapters train; the reference is this model with them disabled (ref-in-actor)
+            actor = lora.wrap(actor, lora.LoraSettings.from_config(arr.model, "actor_rollout_ref.model"))
         fsdp_cfg = arr.actor.fsdp_config
         mp = dict(param_dtype=fsdp_cfg.mixed_precision.param_dtype, reduce_dtype=fsdp_cfg.mixed_precision.reduce_dtype)
         actor = fsdp.shard_model(actor, self.device, param_offload=fsdp_cfg.param_offload,
@@ -62,7 +65,7 @@ class ActorRolloutRefWorker(WorkerBase):
             actor, arr.actor.optim, total_steps, arr.actor.grad_clip, optimizer_offload=fsdp_cfg.optimizer_offload
         )
         self.ref = None
-        if with_ref:
+        if with_ref and not self.lora:
             ref = load_causal_lm(model_path, **load).eval()
             ref.requires_grad_(False)
             self.ref = fsdp.shard_model(ref, self.device, param_offload=arr.ref.fsdp_config.param_offload,
@@ -77,11 +80,19 @@ class ActorRolloutRefWorker(WorkerBase):
     def generate_sequences(self, prompts: Batch, validate: bool = False, greedy: bool = False) -> Batch:
         """Sync the actor's weights into the engine, then sample with rollout.* (training) or rollout.val_kwargs.*
         (validation); greedy: decode greedily whatever they say (ReMax's baseline, verl's do_sample=False)."""
-        self.rollout.update_weights(fsdp.iter_full_params(self.actor.model, tied_aliases=True))
+        self.rollout.update_weights(self.rollout_weights())
         rollout_cfg = self.config.actor_rollout_ref.rollout
         sampling = SamplingParams(do_sample=False) if greedy else SamplingParams.from_config(
             rollout_cfg.val_kwargs if validate else rollout_cfg)
         return self.rollout.generate(prompts, sampling)
+
+    def rollout_weights(self):
+        """The actor's weights as the rollout engine's plain model names them, gathered one at a time (a collective);
+        with LoRA, merged (base + scaling * B @ A: rl_trainer.workers.lora.merged_full_params). verl 0.9.1's default
+        (model.lora.merge=false) hands vLLM the adapter instead; merged weights give the same model."""
+        if self.lora:
+            return lora.merged_full_params(self.actor.model, tied_aliases=True)
+        return fsdp.iter_full_params(self.actor.model, tied_aliases=True)
 
     # ----------------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
@@ -108,7 +119,13 @@ class ActorRolloutRefWorker(WorkerBase):
         return Batch({"old_log_probs": log_probs, "entropys": entropy})
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
-        log_probs, _ = self._log_probs(self.ref, batch, "actor_rollout_ref.ref", with_entropy=False)
+        """ref_log_prob under the frozen reference: its own model, or with LoRA the actor with its adapters
+        disabled (the base model, as verl's ref-in-actor; also when training starts from lora_adapter_path)."""
+        if self.ref is not None:
+            log_probs, _ = self._log_probs(self.ref, batch, "actor_rollout_ref.ref", with_entropy=False)
+        else:
+            with self.actor.model.disable_adapter():
+                log_probs, _ = self._log_probs(self.actor.model, batch, "actor_rollout_ref.ref", with_entropy=False)
         return Batch({"ref_log_prob": log_probs})
 
     # ------------------------------------------------------------------------------------------- update

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rl_trainer.batch import Batch
 from rl_trainer.errors import UserError
 from rl_trainer.metrics import peak_rss_bytes
-from rl_trainer.workers import fsdp
+from rl_trainer.workers import fsdp, lora
 from rl_trainer.workers.micro_batching import inverse_permutation, token_budget_micro_batches
 
 
@@ -50,27 +50,18 @@ class WorkerBase:
         return {name: t.cpu().clone() for name, t in fsdp.iter_full_params(self.train_state.model) if keep}
 
     def save_hf(self, hf_dir: str, with_weights: bool, auto_class: Any, tokenizer: Any = None) -> None:
-        """A Hugging Face folder of the trained model, as verl's FSDP checkpoint manager writes it: rank 0 always
-        saves the model config (and generation config, and `tokenizer` if given); the full weights, loadable with
-        `auto_class.from_pretrained`, only `with_weights` ("hf_model" in save_contents). The weights are gathered
-        from every rank (call it on all of them) into a model built on the meta device: only they take memory."""
-        weights = self.full_params(keep=self.rank == 0) if with_weights else None
-        if self.rank != 0:
-            return
+        """A Hugging Face folder of the trained model (rl_trainer.workers.fsdp.export_hf; call it on every rank).
+        With LoRA the weights are the merged model (no PEFT needed to load it), and the adapter itself is always
+        written to `hf_dir`/lora_adapter in PEFT's format (rl_trainer.workers.lora)."""
         model = self.train_state.model
-        generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
-        if weights is not None:
-            with torch.device("meta"):
-                folder = auto_class.from_config(model.config)
-            if generation_config is not None:
-                folder.generation_config = generation_config
-            folder.save_pretrained(hf_dir, state_dict=weights)
-        else:
-            model.config.save_pretrained(hf_dir)
-            if generation_config is not None:
-                generation_config.save_pretrained(hf_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(hf_dir)
+        if not lora.is_lora(model):
+            fsdp.export_hf(model, hf_dir, with_weights, auto_class, self.rank, tokenizer)
+            return
+        adapter = lora.adapter_full_state(model, self.rank == 0)  # collectives: the same order on every rank
+        fsdp.export_hf(model, hf_dir, with_weights, auto_class, self.rank, tokenizer,
+                       params=lora.merged_full_params(model))
+        if adapter is not None and self.rank == 0:
+            lora.save_adapter(model, os.path.join(hf_dir, lora.ADAPTER_DIR), adapter)
 
     def master_address(self) -> tuple[str, int]:
         """Called on rank 0 before the group forms: where the other ranks should connect."""
@@ -162,6 +153,16 @@ class WorkerBase:
 
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
+
+    def optimizer_state_bytes(self) -> int:
+        """Bytes of this rank's optimizer state (its shard of the Adam moments: 2 x trained parameters, fp32)."""
+        total = 0
+        for state in self.train_state.optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    local = value.to_local() if hasattr(value, "to_local") else value
+                    total += local.numel() * local.element_size()
+        return total
 
     def node_and_pid(self) -> tuple[str, int]:
         import ray

@@ -8,7 +8,7 @@ import torch
 
 from rl_trainer.algos import compute_value_loss, masked_mean
 from rl_trainer.batch import Batch
-from rl_trainer.workers import fsdp
+from rl_trainer.workers import fsdp, lora
 from rl_trainer.workers.common import WorkerBase, freeze_startup_objects, in_row_order
 from rl_trainer.workers.forward import pad_responses, unpadded_inputs
 from rl_trainer.workers.loading import load_value_model
@@ -33,6 +33,8 @@ class CriticWorker(WorkerBase):
             model_path, trust_remote_code=cfg.model.trust_remote_code, override_config=dict(cfg.model.override_config),
             gradient_checkpointing=cfg.model.enable_gradient_checkpointing,
         )
+        if lora.enabled(cfg.model):  # adapters + the value head train (rl_trainer.workers.lora)
+            model = lora.wrap(model, lora.LoraSettings.from_config(cfg.model, "critic.model"), value_model=True)
         mp = self.config.actor_rollout_ref.actor.fsdp_config.mixed_precision
         model = fsdp.shard_model(model, self.device, param_offload=cfg.model.fsdp_config.param_offload,
                                  reshard_after_forward=cfg.model.fsdp_config.reshard_after_forward,

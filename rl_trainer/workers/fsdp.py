@@ -23,11 +23,17 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import transformers
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from rl_trainer.errors import UserError
 
+# Checkpoints hold the parameters that train (all of them in full fine-tuning; with LoRA the adapters, not the frozen
+# base, which is loaded again from model.path) and the buffers.
+TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True)
+# Loading sets those and leaves the frozen ones as they are (not strict about them); every trained key must still be
+# in the checkpoint, because dcp.load fills a template of exactly those keys and fails on one it does not find.
+LOAD_TRAINED = StateDictOptions(ignore_frozen_params=True, strict=False)
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
           "float32": torch.float32}
 
@@ -109,6 +115,32 @@ def iter_full_params(model: torch.nn.Module, tied_aliases: bool = False) -> Iter
         else:
             held.pop(key, None)
         yield name, full
+
+
+def export_hf(model: torch.nn.Module, hf_dir: str | Path, with_weights: bool, auto_class: Any, rank: int,
+              tokenizer: Any = None, params: Iterator[tuple[str, torch.Tensor]] | None = None) -> None:
+    """A Hugging Face folder of a sharded model, as verl's FSDP checkpoint manager writes it: rank 0 always saves the
+    model config (and generation config, and `tokenizer` if given); the full weights, loadable with
+    `auto_class.from_pretrained`, only `with_weights` ("hf_model" in save_contents). The weights are gathered from
+    every rank (a collective: call it on all of them) into a model built on the meta device: only they take memory.
+    `params`: the (name, full tensor) pairs to write instead of the model's own (LoRA: the merged weights)."""
+    source = iter_full_params(model) if params is None else params
+    weights = {name: t.cpu().clone() for name, t in source if rank == 0} if with_weights else None
+    if rank != 0:
+        return
+    generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
+    if weights is not None:
+        with torch.device("meta"):
+            folder = auto_class.from_config(model.config)
+        if generation_config is not None:
+            folder.generation_config = generation_config
+        folder.save_pretrained(hf_dir, state_dict=weights)
+    else:
+        model.config.save_pretrained(hf_dir)
+        if generation_config is not None:
+            generation_config.save_pretrained(hf_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(hf_dir)
 
 
 def local_param_fraction(model: torch.nn.Module) -> float:
@@ -247,7 +279,7 @@ class TrainState:
     # ---------------------------------------------------------------------------------------- checkpoints
     def _sharded_state(self, with_optim: bool) -> dict:
         """Templates of the sharded model (and optimizer) state, to save from or load into."""
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [])
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer if with_optim else [], options=TRAINED_ONLY)
         return {"model": model_sd, "optimizer": optim_sd} if with_optim else {"model": model_sd}
 
     def save(self, path: Path, contents: list[str], rank: int) -> None:
@@ -263,7 +295,7 @@ class TrainState:
         state = self._sharded_state(with_optim)
         dcp.load(state, checkpoint_id=str(path / "sharded"))
         set_state_dict(self.model, self.optimizer if with_optim else [], model_state_dict=state["model"],
-                       optim_state_dict=state.get("optimizer", {}))
+                       optim_state_dict=state.get("optimizer", {}), options=LOAD_TRAINED)
         if "extra" in contents:
             extra = torch.load(path / f"extra_rank{rank}.pt", weights_only=False)
             self.scheduler.load_state_dict(extra["scheduler"])

@@ -22,7 +22,8 @@ def test_benchmark_runs_the_standard_workload_and_prints_its_figures(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for figure in ("step time", "tokens per step", "tokens/s", "phases (median)", "peak RSS", "launch -> end of step 1"):
+    for figure in ("step time", "tokens per step", "tokens/s", "phases (median)", "peak RSS", "optimizer state",
+                   "launch -> end of step 1"):
         assert figure in out.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == [2]
@@ -32,6 +33,8 @@ def test_benchmark_runs_the_standard_workload_and_prints_its_figures(tmp_path):
     assert {"gen", "ref", "update_actor"} <= summary["phases_s"].keys()
     assert "old_log_prob" not in summary["phases_s"]  # the on-policy update reuses its forward
     assert summary["peak_rss_gb"]["actor_rollout_ref"] > 0.1
+    # AdamW's two fp32 moments of builtin:tiny-qwen2's 3.9M trained parameters: 8 bytes each, about 30 MiB.
+    assert 25 < summary["optimizer_state_gb"]["actor_rollout_ref"] * 1024 < 35
     assert 0 < summary["launch_to_first_step_s"] < summary["total_s"]
 
 
