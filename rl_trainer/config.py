@@ -305,7 +305,10 @@ def check_rewards(cfg: DictConfig) -> None:
     """The reward manager and DAPO's overlong buffer (rl_trainer.rewards.manager reads them the same way), and
     DAPO's dynamic sampling: algorithm.filter_groups.* with data.gen_batch_size."""
     reward_manager_name(cfg)
-    overlong_buffer(cfg)
+    if overlong_buffer(cfg) is not None and cfg.reward_model.enable:
+        raise UserError("reward_model.overlong_buffer.enable=true with reward_model.enable=true: the training reward is "
+                        "the reward model's score, which verl's dapo manager returns as it is (no overlong penalty); "
+                        "turn one of them off")
     groups, data = cfg.algorithm.filter_groups, cfg.data
     if not groups.enable:
         return
@@ -334,7 +337,12 @@ def check_filter_metric(cfg: DictConfig) -> None:
     if metric == "seq_final_reward" and cfg.algorithm.use_kl_in_reward:
         raise UserError("algorithm.filter_groups.metric=seq_final_reward with algorithm.use_kl_in_reward=true: groups "
                         "are filtered before the log-prob passes (the KL penalty needs them); use metric=reward")
-    if metric in SCORE_METRICS or cfg.custom_reward_function.path:
+    if metric in SCORE_METRICS:
+        return
+    if cfg.reward_model.enable:
+        raise UserError(f"algorithm.filter_groups.metric={metric!r} with reward_model.enable=true: the reward model "
+                        f"returns only its score; use metric=reward")
+    if cfg.custom_reward_function.path:
         return
     produced = [*SCORE_METRICS, *(("acc",) if manager == "dapo" else ())]
     if metric not in produced:
