@@ -158,20 +158,24 @@ def compute_token_level_scores(
         result = score_fn(
             data_source=data_sources[i], solution_str=text, ground_truth=ground_truths[i], extra_info=extra_info
         )
-        if isinstance(result, dict):
-            reward = result["score"]
-            for key, value in result.items():
-                if key != "score" or manager == "dapo":
-                    extra.setdefault(key, []).append(value)
-        else:
-            reward = result
-            if manager == "dapo":
-                extra.setdefault("acc", []).append(result)
-        scores[i, valid_length - 1] = reward  # valid_length 0 -> index -1: verl's behaviour, see docstring
+        # valid_length 0 -> index -1: verl's behaviour, see the docstring
+        scores[i, valid_length - 1] = _record_extra(result, manager, extra)
     if overlong is not None:
         _add_overlong_penalty(scores, torch.tensor(valid_lengths, dtype=torch.long), overlong, extra)
     _check_extra_complete(extra, responses.shape[0])
     return RewardOutput(scores, extra)
+
+
+def _record_extra(result: float | dict, manager: str, extra: dict[str, list[Any]]) -> float:
+    """A scorer's result: its score, and its other keys appended to `extra` (dapo: "score" too, "acc" for a number)."""
+    if not isinstance(result, dict):
+        if manager == "dapo":
+            extra.setdefault("acc", []).append(result)
+        return result
+    for key, value in result.items():
+        if key != "score" or manager == "dapo":
+            extra.setdefault(key, []).append(value)
+    return result["score"]
 
 
 def _add_overlong_penalty(scores: torch.Tensor, lengths: torch.Tensor, overlong: OverlongBuffer,
