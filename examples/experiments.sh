@@ -8,6 +8,9 @@
 #               rollout_n     actor_rollout_ref.rollout.n=2,4,8
 #               kl            +variant=kl_loss,kl_in_reward   (configs/variant/: KL as loss vs KL in the reward)
 #               dr_grpo       +variant=grpo,dr_grpo          (configs/variant/dr_grpo.yaml)
+#               losses        actor_rollout_ref.actor.policy_loss.loss_mode=<the policy losses, LOSSES to choose>
+#               estimators    algorithm.adv_estimator=<the estimators, ESTIMATORS to choose>
+#               dapo          algorithm.filter_groups.enable=false,true (DAPO's dynamic sampling; data.gen_batch_size=32)
 #
 # Runs go to experiments/CONFIG/EXPERIMENT/<job>/ (metrics.jsonl, .hydra/), checkpoints to
 # checkpoints/rl_trainer/CONFIG-EXPERIMENT/<job>/, the plot to experiments/CONFIG/EXPERIMENT/plot.png.
@@ -16,7 +19,7 @@
 # Wrappers: examples/gsm8k/experiments.sh, examples/digit_shift/experiments.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 2 ]; then sed -n '2,17p' "$0"; exit 2; fi
+if [ $# -lt 2 ]; then sed -n '2,20p' "$0"; exit 2; fi
 config=$1 experiment=$2
 shift 2
 case $experiment in
@@ -27,7 +30,12 @@ case $experiment in
                       actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8) ;;
     kl) sweep=(+variant=kl_loss,kl_in_reward) ;;
     dr_grpo) sweep=(+variant=grpo,dr_grpo) ;;
-    *) echo "experiments.sh: unknown experiment '$experiment' (grpo_vs_ppo, rollout_n, kl, dr_grpo)" >&2; exit 2 ;;
+    losses) sweep=(actor_rollout_ref.actor.policy_loss.loss_mode=${LOSSES:-vanilla,dppo_tv,dppo_kl,gspo,sapo,gpg,clip_cov,kl_cov,geo_mean,cispo}) ;;
+    estimators) sweep=(algorithm.adv_estimator=${ESTIMATORS:-grpo,grpo_vectorized,rloo,rloo_vectorized,grpo_passk,opo,reinforce_plus_plus,reinforce_plus_plus_baseline,remax,gpg,gae}) ;;
+    # gen_batch_size: each generation batch draws 32 prompts, of which 16 varying groups train.
+    dapo) sweep=(algorithm.filter_groups.enable=false,true data.gen_batch_size=32 reward_model.reward_manager=dapo
+                 algorithm.filter_groups.metric=acc) ;;
+    *) echo "experiments.sh: unknown experiment '$experiment' (grpo_vs_ppo, rollout_n, kl, dr_grpo, losses, estimators, dapo)" >&2; exit 2 ;;
 esac
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 out=experiments/$config/$experiment

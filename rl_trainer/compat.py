@@ -210,8 +210,8 @@ RULES: tuple[Hint | Refused, ...] = (
     Hint("actor_rollout_ref.actor.use_remove_padding", "padding-free packing is not implemented; the padded path "
          "gives the same numbers (actor_rollout_ref.model.use_remove_padding)"),
     # Rewards.
-    Hint("*reward_manager*", "rl_trainer's reward manager is verl's naive one", ("naive",)),
-    Refused("*reward_manager*", "this reward manager", "use reward_manager=naive with custom_reward_function.path"),
+    Refused("*reward_manager*", "reward manager classes loaded from a module (reward_manager.source=importlib)",
+            "use reward.reward_manager.name=naive or dapo with custom_reward_function.path"),
     Hint("reward_model.use_reward_loop", "rewards are computed in the driver (speed only)"),
     Hint("reward_model.model.use_remove_padding", "padding-free packing is not implemented; the padded path gives the "
          "same numbers"),
@@ -223,9 +223,8 @@ RULES: tuple[Hint | Refused, ...] = (
     # Algorithm extensions.
     Refused("algorithm.rollout_correction.*", "rollout importance-sampling correction",
             "training uses the recomputed old_log_prob (the default path)"),
-    Refused("algorithm.filter_groups.enable", "DAPO's dynamic sampling (filter_groups)", "use rollout.n groups as they are"),
-    Hint("algorithm.filter_groups.*", "read only with algorithm.filter_groups.enable=true, which is refused"),
-    Hint("data.gen_batch_size", "read only with algorithm.filter_groups.enable=true, which is refused"),
+    Refused("algorithm.filter_groups.max_inflight_gen_batches", "concurrent DAPO generation batches (verl's v1 "
+            "trainer)", "leave it at 1: one generation batch runs at a time, as in verl's DAPO trainer"),
     Refused("algorithm.use_pf_ppo", "PF-PPO reweighting", "use algorithm.adv_estimator alone"),
     Hint("algorithm.pf_ppo.*", "read only with algorithm.use_pf_ppo=true, which is refused"),
     Refused("distillation.*", "distillation", "use an RL objective (algorithm.adv_estimator)"),
@@ -260,12 +259,12 @@ OPEN_DICTS = (
     "actor_rollout_ref.model.override_config", "critic.model.override_config",
     "actor_rollout_ref.rollout.engine_kwargs.vllm",
     "custom_reward_function.reward_kwargs", "reward.custom_reward_function.reward_kwargs",
+    # verl 0.9.1's examples pass DAPO's overlong_buffer_cfg / max_resp_len here; rl_trainer.rewards.manager reads them
+    # and refuses any other key in one line.
+    "reward_model.reward_kwargs", "reward.reward_kwargs",
 )
 # `+key` features verl's examples pass that are named in the refusal.
-PLUS_FEATURES = (
-    Refused("*overlong_buffer*", "DAPO's overlong reward shaping (overlong_buffer_cfg)",
-            "cap data.max_response_length or score length in custom_reward_function.path"),
-)
+PLUS_FEATURES: tuple[Refused, ...] = ()
 # (verl 0.9.1's key, its older spelling): either may be set, not both differently (`normalise_spellings`).
 RENAMES = (
     *((f"critic.fsdp.{k}", f"critic.model.fsdp_config.{k}")

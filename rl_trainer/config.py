@@ -2,11 +2,11 @@
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
-`check_choices`, `check_unsupported`, `check_algorithm`, `check_optim`, `check_lora`, `check_rollout`,
-`check_dynamic_bsz`, `check_reward_model`, `check_checkpoint`, `check_trainer`, `warn_ineffective` and
-`check_batch_arithmetic`. Each raises `UserError` with the key, the numbers and the fix; downstream code (workers,
-trainer, rewards) trusts a validated config and does not check again. `fill_total_training_steps` is the one value
-filled in later, once the dataset's length is known.
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_optim`, `check_lora`,
+`check_rollout`, `check_dynamic_bsz`, `check_reward_model`, `check_checkpoint`, `check_trainer`, `warn_ineffective`
+and `check_batch_arithmetic`. Each raises `UserError` with the key, the numbers and the fix; downstream code
+(workers, trainer, rewards) trusts a validated config and does not check again. `fill_total_training_steps` is the
+one value filled in later, once the dataset's length is known.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from rl_trainer.checkpoint import RESUME_MODES
 from rl_trainer.data import TRUNCATION_MODES
 from rl_trainer.dumps import DUMP_KEYS, check_dump_dir
 from rl_trainer.errors import UserError
+from rl_trainer.filter_groups import SCORE_METRICS
 from rl_trainer.rewards.custom import custom_reward_config
+from rl_trainer.rewards.manager import overlong_buffer, reward_manager_name
 from rl_trainer.tracking import BACKENDS as LOGGERS
 
 log = logging.getLogger(__name__)
@@ -275,9 +277,6 @@ def check_algorithm(cfg: DictConfig) -> None:
     """The estimator's needs, the clip and KL-controller bounds, and the on-policy condition of reusing the
     update's forward as old_log_prob."""
     arr, algo = cfg.actor_rollout_ref, cfg.algorithm
-    if algo.adv_estimator == "remax":
-        raise UserError("algorithm.adv_estimator=remax needs a greedy baseline response per prompt (reward_baselines), "
-                        "which rl_trainer does not generate yet; use grpo, rloo or reinforce_plus_plus_baseline")
     if algo.adv_estimator == "gae" and not cfg.critic.enable:
         raise UserError("algorithm.adv_estimator=gae needs a value model; set critic.enable=true (or leave it null)")
     if algo.adv_estimator in GROUP_ESTIMATORS and arr.rollout.n < 2:
@@ -300,6 +299,57 @@ def check_algorithm(cfg: DictConfig) -> None:
     if off_policy:
         raise UserError("actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "
                         f"{'; '.join(off_policy)}; set actor_rollout_ref.actor.recompute_old_log_prob=true")
+
+
+def check_rewards(cfg: DictConfig) -> None:
+    """The reward manager and DAPO's overlong buffer (rl_trainer.rewards.manager reads them the same way), and
+    DAPO's dynamic sampling: algorithm.filter_groups.* with data.gen_batch_size."""
+    reward_manager_name(cfg)
+    if overlong_buffer(cfg) is not None and cfg.reward_model.enable:
+        raise UserError("reward_model.overlong_buffer.enable=true with reward_model.enable=true: the training reward is "
+                        "the reward model's score, which verl's dapo manager returns as it is (no overlong penalty); "
+                        "turn one of them off")
+    groups, data = cfg.algorithm.filter_groups, cfg.data
+    if not groups.enable:
+        return
+    gen = data.gen_batch_size
+    if gen is not None:
+        _positive_int(gen, "data.gen_batch_size", " (prompts per generation batch) or null")
+        if gen < data.train_batch_size:
+            raise UserError(f"data.gen_batch_size={gen} < data.train_batch_size={data.train_batch_size}: dynamic "
+                            f"sampling draws generation batches of gen_batch_size prompts and keeps train_batch_size of "
+                            f"them; set data.gen_batch_size >= {data.train_batch_size} (or null)")
+    rows = (gen or data.train_batch_size) * cfg.actor_rollout_ref.rollout.n
+    world = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
+    if rows % world:
+        raise UserError(f"data.gen_batch_size * rollout.n = {rows} sequences cannot be split over {world} workers; "
+                        f"make it a multiple of {world}")
+    if isinstance(groups.max_num_gen_batches, bool) or not isinstance(groups.max_num_gen_batches, int):
+        raise UserError(f"algorithm.filter_groups.max_num_gen_batches={groups.max_num_gen_batches} must be an integer "
+                        "(<= 0: no limit)")
+    check_filter_metric(cfg)
+
+
+def check_filter_metric(cfg: DictConfig) -> None:
+    """algorithm.filter_groups.metric must be something the reward step produces. A key of a custom function's
+    result is only known once it runs (the trainer checks it on the first batch)."""
+    metric, manager = cfg.algorithm.filter_groups.metric, reward_manager_name(cfg)
+    if metric == "seq_final_reward" and cfg.algorithm.use_kl_in_reward:
+        raise UserError("algorithm.filter_groups.metric=seq_final_reward with algorithm.use_kl_in_reward=true: groups "
+                        "are filtered before the log-prob passes (the KL penalty needs them); use metric=reward")
+    if metric in SCORE_METRICS:
+        return
+    if cfg.reward_model.enable:
+        raise UserError(f"algorithm.filter_groups.metric={metric!r} with reward_model.enable=true: the reward model "
+                        f"returns only its score; use metric=reward")
+    if cfg.custom_reward_function.path:
+        return
+    produced = [*SCORE_METRICS, *(("acc",) if manager == "dapo" else ())]
+    if metric not in produced:
+        hint = "; or set reward_model.reward_manager=dapo, which reports acc" if metric == "acc" else ""
+        raise UserError(f"algorithm.filter_groups.metric={metric!r} is not produced by the {manager} reward manager "
+                        f"with the built-in rule scorers (they return one number); use one of "
+                        f"{', '.join(produced)}{hint}")
 
 
 def check_optim(cfg: DictConfig) -> None:
@@ -425,6 +475,10 @@ def check_trainer(cfg: DictConfig) -> None:
 
 def warn_ineffective(cfg: DictConfig, overrides: list[str] | None) -> None:
     """One-line notices for keys that are accepted but change nothing."""
+    if cfg.data.gen_batch_size is not None and not cfg.algorithm.filter_groups.enable:
+        log.warning("data.gen_batch_size=%s is read only by dynamic sampling; it has no effect with "
+                    "algorithm.filter_groups.enable=false (each step draws data.train_batch_size prompts)",
+                    cfg.data.gen_batch_size)
     for key in ("actor_rollout_ref.model.use_remove_padding", "critic.model.use_remove_padding"):
         if key.startswith("critic.") and not cfg.critic.enable:
             continue
@@ -447,6 +501,7 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     check_choices(cfg)
     check_unsupported(cfg)
     check_algorithm(cfg)
+    check_rewards(cfg)
     check_optim(cfg)
     check_lora(cfg)
     check_rollout(cfg)
@@ -457,6 +512,13 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     warn_ineffective(cfg, overrides)
     world_size = cfg.trainer.nnodes * cfg.trainer.n_gpus_per_node
     return check_batch_arithmetic(cfg, world_size, cfg.critic.enable)
+
+
+def prompts_per_generation_batch(cfg: DictConfig) -> int:
+    """The training loader's batch size: data.gen_batch_size (or train_batch_size) under dynamic sampling, else
+    data.train_batch_size (verl's DAPO trainer reads gen_batch_size; verl's RayPPOTrainer does not)."""
+    data = cfg.data
+    return (data.gen_batch_size or data.train_batch_size) if cfg.algorithm.filter_groups.enable else data.train_batch_size
 
 
 def needs_reference(cfg: DictConfig) -> bool:

@@ -2,7 +2,7 @@
 
 It kills the process the way an out-of-memory killer or a cluster scheduler would (no cleanup, no finally
 blocks), so tests can check that whatever a kill interrupts, a resume continues exactly. Phases: every phase
-of a training step, by its timing name (gen, reward, old_log_prob, ref, values, adv, update_critic, update_actor,
+of a training step, by its timing name (gen, gen_max, reward, old_log_prob, ref, values, adv, update_critic, update_actor,
 testing, save_checkpoint: just before that phase runs), save (worker shards written, checkpoint not yet
 committed) and epoch_end (after the last step of an epoch, before the next one).
 """
@@ -13,7 +13,7 @@ import os
 import signal
 
 ENV = "RL_TRAINER_FAULT"
-PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "dump_rollout_generations", "update_critic",
+PHASES = ("gen", "gen_max", "reward", "old_log_prob", "ref", "values", "adv", "dump_rollout_generations", "update_critic",
           "update_actor", "testing", "save_checkpoint", "save", "epoch_end")
 
 

@@ -143,6 +143,7 @@ def reward_model_paths(cfg: DictConfig, tokenizer) -> tuple[str, str | None]:
 
 def prompt_loaders(cfg: DictConfig, tokenizer):
     """The training loader and, when validation runs, the validation loader (None otherwise)."""
+    from rl_trainer.config import prompts_per_generation_batch
     from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
     from rl_trainer.data.sources import resolve_data_files
 
@@ -156,7 +157,7 @@ def prompt_loaders(cfg: DictConfig, tokenizer):
         )
 
     train_set = dataset("data.train_files", data.train_files, data.train_max_samples, data.shuffle)
-    train_loader = PromptLoader(train_set, data.train_batch_size, shuffle=data.shuffle, seed=data.seed)
+    train_loader = PromptLoader(train_set, prompts_per_generation_batch(cfg), shuffle=data.shuffle, seed=data.seed)
     val_loader = None
     if data.val_files and (trainer_cfg.test_freq > 0 or trainer_cfg.val_before_train or trainer_cfg.val_only):
         val_set = dataset("data.val_files", data.val_files, data.val_max_samples, False)

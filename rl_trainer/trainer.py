@@ -14,6 +14,7 @@ import functools
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,8 @@ from rl_trainer.errors import UserError
 from rl_trainer.faults import fault_point
 from rl_trainer.metrics import (compute_data_metrics, compute_throughput_metrics, compute_timing_metrics, peak_rss_bytes,
                                 probs_diff_metrics, probs_diff_sums, seqlen_balance_metrics, timed)
-from rl_trainer.rewards.manager import RewardOutput, compute_token_level_scores
+from rl_trainer.filter_groups import equal_group_ratio, metric_values, varying_group_rows
+from rl_trainer.rewards.manager import RewardOutput, compute_token_level_scores, overlong_buffer, reward_manager_name
 from rl_trainer.tracking import ProgressBar, Tracking
 from rl_trainer.workers.micro_batching import balanced_rank_order
 
@@ -64,6 +66,7 @@ class PPOTrainer:
         self.total_steps, self.resume_path = total_steps, resume_path
         self.kl_ctrl = get_kl_controller(**OmegaConf.to_container(cfg.algorithm.kl_ctrl))
         self.global_step = 0
+        self._no_signal_reported = False
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -74,38 +77,47 @@ class PPOTrainer:
             self.tracker.log(self.validate(), step=self.global_step)
             if trainer_cfg.val_only:
                 return
+        batches = self._prompt_batches()
         with ProgressBar(self.total_steps, initial=self.global_step) as progress:
             while self.global_step < self.total_steps:
                 epoch = self.train_loader.epoch
-                for prompts in self.train_loader:
-                    self.global_step += 1
-                    metrics = self.train_step(prompts, epoch)
-                    self.tracker.log(metrics, step=self.global_step)
-                    progress.update()
-                    if self.global_step >= self.total_steps:
-                        break
-                else:
-                    fault_point("epoch_end", self.global_step)
+                prompts = next(batches, None)
+                if prompts is None:
+                    break
+                self.global_step += 1
+                try:
+                    metrics = self.train_step(prompts, epoch, more_prompts=functools.partial(next, batches, None))
+                except _DataExhausted as exc:
+                    self.global_step -= 1
+                    print(exc, flush=True)
+                    break
+                self.tracker.log(metrics, step=self.global_step)
+                progress.update()
 
-    def train_step(self, prompts: Batch, epoch: int) -> dict[str, float]:
+    def _prompt_batches(self) -> Iterator[Batch]:
+        """The training loader's batches, epoch after epoch, for trainer.total_epochs epochs. One per step, except
+        under dynamic sampling (algorithm.filter_groups), where a step may draw several: the loader's position then
+        counts every batch drawn, so a checkpoint resumes with the next unseen one."""
+        while self.train_loader.epoch < self.cfg.trainer.total_epochs:
+            yield from self.train_loader
+            fault_point("epoch_end", self.global_step)
+
+    def train_step(self, prompts: Batch, epoch: int, more_prompts: Callable[[], Batch | None] | None = None
+                   ) -> dict[str, float]:
+        """One step on `prompts`; `more_prompts` gives the next generation batch (None when the data is spent), for
+        dynamic sampling only."""
         cfg, step = self.cfg, self.global_step
         is_last = step >= self.total_steps
         timing: dict[str, float] = {}
         metrics: dict[str, float] = {}
         phase = functools.partial(_phase, step=step, timing=timing)
         with timed("step", timing):
-            # One uid per prompt, shared by its rollout.n responses: the group id of GRPO/RLOO/...
-            prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
-            batch = prompts.repeat(cfg.actor_rollout_ref.rollout.n, interleave=True)
-            with phase("gen"):
-                batch = self.actor.dispatch("generate_sequences", _generation_inputs(batch))
+            batch = self._rollout(prompts, more_prompts, phase, metrics)
             if cfg.trainer.balance_batch:  # similar token counts per worker; every column (uid too) moves with its row
                 batch = _balance_batch(batch, self.actor.world_size, metrics,
                                        keep_groups=cfg.actor_rollout_ref.model.share_prompt_prefix)
-            with phase("reward"):
-                scored = self._score_training(batch)
-                batch["token_level_scores"] = scored.token_level_scores
-                metrics.update(_extra_reward_metrics(scored.reward_extra_info))
+            reward_extra_info = _reward_extra(batch)
+            metrics.update(_extra_reward_metrics(reward_extra_info))
             if cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
                 with phase("old_log_prob"):
                     batch.update(self.actor.dispatch("compute_log_prob", batch))
@@ -122,9 +134,10 @@ class PPOTrainer:
                     batch.update(self.critic.dispatch("compute_values", batch))
             with phase("adv"):
                 self._compute_advantages(batch, metrics)
+            self._report_no_signal(batch, metrics)
             if cfg.trainer.rollout_data_dir:
                 with phase("dump_rollout_generations"):
-                    records = generation_records(batch, self.tokenizer, step, scored.reward_extra_info)
+                    records = generation_records(batch, self.tokenizer, step, reward_extra_info)
                     write_step_jsonl(cfg.trainer.rollout_data_dir, step, records, key="trainer.rollout_data_dir")
             if self.critic is not None:
                 with phase("update_critic"):
@@ -181,12 +194,104 @@ class PPOTrainer:
         return RewardOutput(batch["rm_scores"])
 
     def _score(self, batch: Batch) -> RewardOutput:
-        """Decode each response and score it (custom function, or the rule scorer of its data_source); validation
-        always scores this way, with or without a reward model (as verl's FSDP RewardModelWorker setup)."""
+        """Decode each response and score it (custom function, or the rule scorer of its data_source), with the
+        configured reward manager (naive, or dapo with its overlong buffer); validation always scores this way, with
+        or without a reward model (as verl's FSDP RewardModelWorker setup)."""
         return compute_token_level_scores(
             batch["responses"], batch["response_mask"], batch["data_source"], batch["ground_truth"], self.tokenizer,
-            extra_infos=batch["extra_info"], compute_score=self.reward_fn,
+            extra_infos=batch["extra_info"], compute_score=self.reward_fn, manager=reward_manager_name(self.cfg),
+            overlong=overlong_buffer(self.cfg),
         )
+
+    # --------------------------------------------------------------------------- rollout: gen, ReMax, DAPO
+    def _rollout(self, prompts: Batch, more_prompts: Callable[[], Batch | None] | None, phase,
+                 metrics: dict[str, float]) -> Batch:
+        """The step's scored rollouts: one generation batch, or under dynamic sampling as many as it takes to keep
+        data.train_batch_size groups whose metric varies (rl_trainer.filter_groups). Logs verl-style
+        critic/score/all_equal_group_ratio over every group generated in the step."""
+        batch = self._generate_and_score(prompts, phase)
+        groups = self.cfg.algorithm.filter_groups
+        generated = [batch]
+        if groups.enable:
+            batch = self._filter_groups(batch, more_prompts, phase, metrics, generated)
+        uids = np.concatenate([b["uid"] for b in generated])
+        scores = np.concatenate([b["token_level_scores"].sum(-1).numpy() for b in generated])
+        metrics["critic/score/all_equal_group_ratio"] = equal_group_ratio(uids, scores)
+        return batch
+
+    def _generate_and_score(self, prompts: Batch, phase) -> Batch:
+        """Sample rollout.n responses per prompt (one uid per prompt, shared by its responses: the group id of
+        GRPO/RLOO/...), score them, and for ReMax add each prompt's greedy baseline reward (`reward_baselines`)."""
+        prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
+        n = self.cfg.actor_rollout_ref.rollout.n
+        with phase("gen"):
+            batch = self.actor.dispatch("generate_sequences", _generation_inputs(prompts.repeat(n, interleave=True)))
+        baselines = None
+        if self.cfg.algorithm.adv_estimator == "remax":
+            with phase("gen_max"):
+                greedy = self._generate(prompts, greedy=True)
+        with phase("reward"):
+            scored = self._score_training(batch)
+            batch["token_level_scores"] = scored.token_level_scores
+            _store_reward_extra(batch, scored.reward_extra_info)
+            if self.cfg.algorithm.adv_estimator == "remax":  # verl: the reward model's score when there is one
+                baselines = self._score_training(greedy).token_level_scores.sum(-1)
+                batch["reward_baselines"] = baselines.repeat_interleave(n)
+        return batch
+
+    def _generate(self, prompts: Batch, **kwargs) -> Batch:
+        """One response per prompt row, any number of rows (padded to the workers, the padding dropped)."""
+        padded, pad = _pad_to_multiple(prompts, self.actor.world_size)
+        out = self.actor.dispatch("generate_sequences", _generation_inputs(padded), **kwargs)
+        return out.index(slice(0, len(out) - pad))
+
+    def _filter_groups(self, batch: Batch, more_prompts: Callable[[], Batch | None] | None, phase,
+                       metrics: dict[str, float], generated: list[Batch]) -> Batch:
+        """DAPO's dynamic sampling (rl_trainer.filter_groups): keep the groups whose metric varies, drawing more
+        generation batches until data.train_batch_size are kept; `generated` receives every batch generated."""
+        cfg = self.cfg
+        groups, want, n = cfg.algorithm.filter_groups, cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n
+        kept, num_kept, dropped = [], 0, 0
+        while True:
+            values = metric_values(groups.metric, batch["token_level_scores"].sum(-1).numpy(), _reward_extra(batch))
+            rows, kept_groups, all_groups = varying_group_rows(batch["uid"], values)
+            kept.append(batch.index(rows))
+            num_kept, dropped = num_kept + kept_groups, dropped + all_groups - kept_groups
+            if num_kept >= want:
+                break
+            if 0 < groups.max_num_gen_batches <= len(generated):
+                raise UserError(
+                    f"step {self.global_step}: {len(generated)} generation batches (algorithm.filter_groups."
+                    f"max_num_gen_batches={groups.max_num_gen_batches}) kept {num_kept} of the data.train_batch_size="
+                    f"{want} groups whose {groups.metric} varies; the prompts are too hard or too easy for the model: "
+                    f"raise max_num_gen_batches (0 = no limit), use easier data, or raise rollout.n")
+            prompts = more_prompts() if more_prompts is not None else None
+            if prompts is None:
+                raise _DataExhausted(
+                    f"step {self.global_step}: the training data ran out (trainer.total_epochs="
+                    f"{cfg.trainer.total_epochs}) with {num_kept} of {want} groups kept by algorithm.filter_groups; "
+                    f"the run ends here, as verl's DAPO trainer (raise trainer.total_epochs to train longer)")
+            batch = self._generate_and_score(prompts, phase)
+            generated.append(batch)
+        metrics["train/num_gen_batches"] = len(generated)
+        metrics["training/filter_groups/evicted_samples"] = dropped
+        metrics["training/filter_groups/discarded_surplus_samples"] = num_kept - want
+        return Batch.concat(kept).index(slice(0, want * n))
+
+    def _report_no_signal(self, batch: Batch, metrics: dict[str, float]) -> None:
+        """Once per run: say so when a step has no learning signal at all (every advantage is 0), why, and the
+        ways out. A random model on GSM8K scores 0 everywhere, and nothing else would tell."""
+        if self._no_signal_reported or bool((batch["advantages"] * batch["response_mask"]).abs().max() > 0):
+            return
+        self._no_signal_reported = True
+        scores = batch["token_level_scores"].sum(-1)
+        log.warning(
+            "step %d: no learning signal: every advantage is 0 (critic/score/all_equal_group_ratio=%.2f, scores "
+            "%g..%g), so the policy-gradient update changes nothing. If every score is 0, use a model or task that "
+            "scores above 0 at least sometimes (a pretrained instruct model, or the learnable demo: python -m "
+            "rl_trainer.main --config-name digit_shift); either way, algorithm.filter_groups.enable=true generates "
+            "more groups until their rewards differ", self.global_step, metrics.get("critic/score/all_equal_group_ratio", float("nan")),
+            scores.min().item(), scores.max().item())
 
     def _compute_advantages(self, batch: Batch, metrics: dict[str, float]) -> None:
         algo = self.cfg.algorithm
@@ -203,6 +308,7 @@ class PPOTrainer:
             algo.adv_estimator,
             token_level_rewards=batch["token_level_rewards"], response_mask=batch["response_mask"],
             index=batch["uid"], values=batch.tensors.get("values"), gamma=algo.gamma, lam=algo.lam,
+            reward_baselines=batch.tensors.get("reward_baselines"),
             norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
         )
         batch["advantages"], batch["returns"] = advantages, returns
@@ -303,6 +409,24 @@ def _pad_to_multiple(batch: Batch, multiple: int) -> tuple[Batch, int]:
     if pad == 0:
         return batch, 0
     return Batch.concat([batch, batch.index(list(range(pad)))]), pad
+
+
+class _DataExhausted(Exception):
+    """Dynamic sampling needed another generation batch after the last epoch's last one: the run ends there."""
+
+
+# The reward function's extra keys travel with their rows as batch columns "reward_extra_info.<key>", so that
+# filtering, balancing and dumps keep them aligned.
+_EXTRA = "reward_extra_info."
+
+
+def _store_reward_extra(batch: Batch, extra: dict[str, list]) -> None:
+    for key, values in extra.items():
+        batch[_EXTRA + key] = values
+
+
+def _reward_extra(batch: Batch) -> dict[str, list]:
+    return {k[len(_EXTRA):]: list(v) for k, v in batch.non_tensors.items() if k.startswith(_EXTRA)}
 
 
 def _extra_reward_metrics(extra: dict[str, list]) -> dict[str, float]:

@@ -269,7 +269,10 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
                               max_samples=max_samples, shuffle=shuffle, seed=data.seed)
         return PromptLoader(dataset, batch_size or len(dataset), shuffle=shuffle, seed=data.seed, drop_last=train)
 
-    train_loader = loader("train_files", data.train_max_samples, data.shuffle, data.train_batch_size, train=True)
+    from rl_trainer.config import prompts_per_generation_batch
+
+    train_loader = loader("train_files", data.train_max_samples, data.shuffle, prompts_per_generation_batch(cfg),
+                          train=True)
     val_loader = loader("val_files", data.val_max_samples, False, data.val_batch_size, train=False)
     total_steps = len(train_loader) * trainer_cfg.total_epochs
     if trainer_cfg.total_training_steps:

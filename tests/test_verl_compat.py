@@ -137,7 +137,10 @@ def test_config_flags(tmp_path, monkeypatch, capsys):
 def test_plus_key_nothing_reads_is_refused_and_a_read_one_honoured():
     with pytest.raises(UserError, match=r"^\+foo\.bar=1: nothing in rl_trainer reads this key"):
         checked(["+foo.bar=1"])
-    with pytest.raises(UserError, match="DAPO's overlong reward shaping"):
+    # verl 0.9.1's DAPO examples: read by the dapo reward manager (rl_trainer.rewards.manager), refused elsewhere
+    checked(["reward_model.reward_manager=dapo", "+reward_model.reward_kwargs.overlong_buffer_cfg.enable=true",
+             "+reward_model.reward_kwargs.overlong_buffer_cfg.len=4"])
+    with pytest.raises(UserError, match="read only by the dapo reward manager"):
         checked(["+reward_model.reward_kwargs.overlong_buffer_cfg.enable=true"])
     cfg = checked(["+actor_rollout_ref.model.override_config.attn_implementation=eager"])
     assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "eager"

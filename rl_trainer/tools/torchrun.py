@@ -140,6 +140,9 @@ class RandomPromptTrainer(PPOTrainer):
 def check_tool_config(config: dict) -> None:
     """The keys this driver cannot honour: one line each."""
     trainer = config["trainer"]
+    if config["algorithm"]["filter_groups"]["enable"]:
+        raise UserError("algorithm.filter_groups.enable=true: the torchrun driver draws one batch of random prompts per "
+                        "step, so dynamic sampling has no data to draw more from; run it with python -m rl_trainer.main")
     if trainer["save_freq"] > 0:
         raise UserError(f"trainer.save_freq={trainer['save_freq']}: the torchrun driver does not save checkpoints "
                         f"(every rank's driver would write the same files); leave trainer.save_freq=-1, or "

@@ -77,11 +77,13 @@ class ActorRolloutRefWorker(WorkerBase):
         freeze_startup_objects()
 
     # ------------------------------------------------------------------------------------------- rollout
-    def generate_sequences(self, prompts: Batch, validate: bool = False) -> Batch:
-        """Sync the actor's weights into the engine, then sample (training) or decode greedily (validation)."""
+    def generate_sequences(self, prompts: Batch, validate: bool = False, greedy: bool = False) -> Batch:
+        """Sync the actor's weights into the engine, then sample with rollout.* (training) or rollout.val_kwargs.*
+        (validation); greedy: decode greedily whatever they say (ReMax's baseline, verl's do_sample=False)."""
         self.rollout.update_weights(self.rollout_weights())
         rollout_cfg = self.config.actor_rollout_ref.rollout
-        sampling = SamplingParams.from_config(rollout_cfg.val_kwargs if validate else rollout_cfg)
+        sampling = SamplingParams(do_sample=False) if greedy else SamplingParams.from_config(
+            rollout_cfg.val_kwargs if validate else rollout_cfg)
         return self.rollout.generate(prompts, sampling)
 
     def rollout_weights(self):

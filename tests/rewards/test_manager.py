@@ -118,3 +118,53 @@ def test_length_mismatch(tokenizer):
     responses, mask = _batch(tokenizer, ["#### 72", "#### 71"])
     with pytest.raises(ValueError, match="ground_truths has 1 entries for a batch of 2"):
         compute_token_level_scores(responses, mask, ["x", "x"], ["72"], tokenizer)
+
+
+def test_dapo_manager_reports_acc_and_adds_the_overlong_penalty(tokenizer):
+    """verl's DAPORewardManager: a number is also reported as "acc"; the overlong penalty is added to every score.
+    max_resp_len=6, len=4: no penalty up to 6 - 4 = 2 tokens, then -(L - 2) / 4 * 0.5 per token over."""
+    from rl_trainer.rewards.manager import OverlongBuffer
+
+    responses, mask = _batch(tokenizer, ["71", "the answer is 71"])  # 2 and 5 tokens with EOS
+    out = compute_token_level_scores(responses, mask, ["openai/gsm8k"] * 2, ["71", "71"], tokenizer,
+                                     compute_score=lambda **kw: 1.0, manager="dapo",
+                                     overlong=OverlongBuffer(len=4, penalty_factor=0.5, log=True, max_resp_len=6))
+    # row 0: L=2 -> penalty 0, score 1 at column 1; row 1: L=5 -> -(5 - 2) / 4 * 0.5 = -0.375, 1 - 0.375 at column 4
+    assert out.token_level_scores[0].tolist() == [0, 1.0, 0, 0, 0, 0]
+    assert out.token_level_scores[1].tolist() == [0, 0, 0, 0, 0.625, 0]
+    assert out.reward_extra_info == {"acc": [1.0, 1.0], "overlong_reward": [0.0, -0.375], "overlong": [False, True]}
+    naive = compute_token_level_scores(responses, mask, ["openai/gsm8k"] * 2, ["71", "71"], tokenizer,
+                                       compute_score=lambda **kw: {"score": 1.0, "x": 2})
+    assert naive.reward_extra_info == {"x": [2, 2]}  # naive: no acc, "score" not repeated
+
+
+def test_reward_manager_and_overlong_keys_are_checked():
+    from omegaconf import OmegaConf
+
+    from rl_trainer.rewards.manager import OverlongBuffer, overlong_buffer, reward_manager_name
+
+    def cfg(manager=None, name="naive", recipe=None, kwargs=None):
+        buffer = {"enable": False, "len": 0, "penalty_factor": 0.0, "log": False, **(recipe or {})}
+        return OmegaConf.create({"data": {"max_response_length": 16}, "reward": {"reward_manager": {"name": name}},
+                                 "reward_model": {"reward_manager": manager, "overlong_buffer": buffer,
+                                                  **({"reward_kwargs": kwargs} if kwargs else {})}})
+
+    assert reward_manager_name(cfg(name="dapo")) == "dapo" and reward_manager_name(cfg("dapo")) == "dapo"
+    with pytest.raises(UserError, match=r"^reward_model.reward_manager=prime: rl_trainer does not implement it"):
+        reward_manager_name(cfg("prime"))
+    with pytest.raises(UserError, match=r"^reward.reward_manager.name='nope' is not valid; choose one of: naive, dapo"):
+        reward_manager_name(cfg(name="nope"))
+    assert overlong_buffer(cfg("dapo")) is None
+    # verl 0.9.1's spelling, max_resp_len defaulting to data.max_response_length
+    verl = {"overlong_buffer_cfg": {"enable": True, "len": 4, "penalty_factor": 1.0, "log": False}}
+    assert overlong_buffer(cfg("dapo", kwargs=verl)) == OverlongBuffer(4, 1.0, False, 16)
+    assert overlong_buffer(cfg("dapo", recipe={"enable": True, "len": 8})).len == 8
+    for bad, match in [
+        (cfg(recipe={"enable": True, "len": 4}), "read only by the dapo reward manager"),
+        (cfg("dapo", recipe={"enable": True, "len": 0}), r"overlong_buffer.len=0 must be an integer > 0"),
+        (cfg("dapo", recipe={"enable": True, "len": 17}), r"<= max_resp_len=16"),
+        (cfg("dapo", kwargs={"foo": 1}), r"reward_kwargs.foo: nothing in rl_trainer reads"),
+        (cfg("dapo", recipe={"len": 2}, kwargs={"overlong_buffer_cfg": {"len": 3}}), "disagree"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            overlong_buffer(bad)
