@@ -199,9 +199,6 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("*.optim.optimizer_impl", "other optimizer implementations", "torch.optim.AdamW is used"),
     Refused("*.optim.override_optimizer_config", "optimizer overrides", "use optim.lr / weight_decay / betas"),
     Refused("*.optim.zero_indexed_step", "one-indexed LR schedules", "the schedule counts steps from 0, as verl"),
-    Hint("actor_rollout_ref.actor.tau_*", "read only by policy_loss.loss_mode=sapo, which is refused"),
-    Hint("actor_rollout_ref.actor.policy_loss.*", "read only by policy losses rl_trainer does not register"),
-    Refused("actor_rollout_ref.actor.calculate_sum_pi_squared", "the sum-pi-squared metric", "leave it false"),
     Hint("actor_rollout_ref.actor.calculate_entropy", "actor/entropy is always computed and logged"),
     Hint("actor_rollout_ref.actor.use_prefix_grouper",
          "actor_rollout_ref.model.share_prompt_prefix shares each prompt's prefix (on by default)"),
@@ -218,8 +215,6 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("reward_model.*", "the reward model worker (until a later issue)", _RM),
     Refused("*sandbox_fusion.*", "sandboxed code execution rewards", "score in custom_reward_function.path"),
     # Algorithm extensions.
-    Refused("algorithm.rollout_correction.*", "rollout importance-sampling correction",
-            "training uses the recomputed old_log_prob (the default path)"),
     Refused("algorithm.filter_groups.enable", "DAPO's dynamic sampling (filter_groups)", "use rollout.n groups as they are"),
     Hint("algorithm.filter_groups.*", "read only with algorithm.filter_groups.enable=true, which is refused"),
     Hint("data.gen_batch_size", "read only with algorithm.filter_groups.enable=true, which is refused"),

@@ -21,7 +21,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rl_trainer import checkpoint as ckpt_io
-from rl_trainer.algos import apply_kl_penalty, compute_advantage, get_kl_controller, masked_mean
+from rl_trainer.algos import (TOKEN_BASELINE_ESTIMATORS, apply_kl_penalty, compute_advantage,
+                              compute_rollout_correction_and_rejection_mask, get_kl_controller, masked_mean)
 from rl_trainer.batch import Batch
 from rl_trainer.checkpoint import CheckpointManager
 from rl_trainer.dumps import generation_records, write_step_jsonl
@@ -100,7 +101,9 @@ class PPOTrainer:
                 scored = self._score(batch)
                 batch["token_level_scores"] = scored.token_level_scores
                 metrics.update(_extra_reward_metrics(scored.reward_extra_info))
-            if cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
+            if cfg.algorithm.rollout_correction.bypass_mode:  # verl's bypass mode: no old-log-prob pass
+                batch["old_log_probs"] = _rollout_log_probs(batch, "algorithm.rollout_correction.bypass_mode=true")
+            elif cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
                 with phase("old_log_prob"):
                     batch.update(self.actor.dispatch("compute_log_prob", batch))
                     metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
@@ -115,7 +118,7 @@ class PPOTrainer:
                 with phase("values"):
                     batch.update(self.critic.dispatch("compute_values", batch))
             with phase("adv"):
-                self._compute_advantages(batch, metrics)
+                self._compute_advantages(batch, metrics, scored.reward_extra_info)
             if cfg.trainer.rollout_data_dir:
                 with phase("dump_rollout_generations"):
                     records = generation_records(batch, self.tokenizer, step, scored.reward_extra_info)
@@ -167,7 +170,7 @@ class PPOTrainer:
             extra_infos=batch["extra_info"], compute_score=self.reward_fn,
         )
 
-    def _compute_advantages(self, batch: Batch, metrics: dict[str, float]) -> None:
+    def _compute_advantages(self, batch: Batch, metrics: dict[str, float], reward_extra_info: dict[str, list]) -> None:
         algo = self.cfg.algorithm
         if algo.use_kl_in_reward:
             rewards, kl_metrics = apply_kl_penalty(
@@ -178,13 +181,31 @@ class PPOTrainer:
             metrics.update(kl_metrics)
         else:
             batch["token_level_rewards"] = batch["token_level_scores"]
+        self._rollout_correction(batch, metrics)
         advantages, returns = compute_advantage(
             algo.adv_estimator,
             token_level_rewards=batch["token_level_rewards"], response_mask=batch["response_mask"],
             index=batch["uid"], values=batch.tensors.get("values"), gamma=algo.gamma, lam=algo.lam,
-            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+            **_verl_estimator_inputs(algo, batch, reward_extra_info, metrics),
         )
         batch["advantages"], batch["returns"] = advantages, returns
+
+    def _rollout_correction(self, batch: Batch, metrics: dict[str, float]) -> None:
+        """algorithm.rollout_correction in verl's decoupled mode: once per batch, before the advantages, whenever the
+        batch has the rollout's log-probs (and old_log_probs; not in bypass mode, whose loss does this itself):
+        rejected tokens leave response_mask, the IS weights (rollout_is) become rollout_is_weights for the policy
+        loss (and the optimal token baselines), and the rollout_corr/* metrics are logged."""
+        rc = self.cfg.algorithm.rollout_correction
+        if rc.bypass_mode or "rollout_log_probs" not in batch or "old_log_probs" not in batch:
+            return
+        weights, mask, corr_metrics = compute_rollout_correction_and_rejection_mask(
+            batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"], rollout_is=rc.rollout_is,
+            rollout_is_threshold=rc.rollout_is_threshold, rollout_is_batch_normalize=rc.rollout_is_batch_normalize,
+            rollout_rs=rc.rollout_rs, rollout_rs_threshold=rc.rollout_rs_threshold)
+        batch["response_mask"] = mask
+        if weights is not None:
+            batch["rollout_is_weights"] = weights
+        metrics.update(corr_metrics)
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
@@ -270,6 +291,46 @@ def _balance_batch(batch: Batch, world_size: int, metrics: dict[str, float], kee
     order, parts = balanced_rank_order(lengths, world_size, groups)
     metrics.update(seqlen_balance_metrics(lengths, parts))
     return batch.index(order)
+
+
+def _rollout_log_probs(batch: Batch, needed_by: str):
+    """The rollout engine's log-probs of the sampled tokens, which `needed_by` reads (the config check turns them on
+    for it; an engine that returns none for this batch is stopped here in one line)."""
+    if "rollout_log_probs" not in batch:
+        raise UserError(f"{needed_by} needs the rollout's log-probs (rollout_log_probs), which this batch lacks; set "
+                        "actor_rollout_ref.rollout.calculate_log_probs=true and sample (rollout.do_sample=true)")
+    return batch["rollout_log_probs"]
+
+
+# Estimators to which verl 0.9.1's compute_advantage (ray_trainer.py) passes the flag: GRPO as a keyword, grpo_passk
+# through its config. grpo_vectorized and gdpo get neither, so they keep their default (std normalisation) there.
+_NORM_BY_STD_ESTIMATORS = ("grpo", "grpo_passk")
+
+
+def _verl_estimator_inputs(algo: DictConfig, batch: Batch, reward_extra_info: dict[str, list],
+                           metrics: dict[str, float]) -> dict:
+    """What verl's compute_advantage passes to `algo.adv_estimator` besides the rewards, mask, uid, values, gamma and
+    lam: norm_adv_by_std_in_grpo (see _NORM_BY_STD_ESTIMATORS), the algorithm config, gdpo's per-key rewards (the
+    reward function's extra outputs, verl's reward_extra_info, with the gdpo/<key>/{mean,std,max,min} metrics) and
+    the optimal token baselines' inputs."""
+    inputs: dict = {"config": algo}
+    if algo.adv_estimator in _NORM_BY_STD_ESTIMATORS:
+        inputs["norm_adv_by_std_in_grpo"] = algo.norm_adv_by_std_in_grpo
+    if algo.adv_estimator == "gdpo":
+        extra = {key: np.asarray(values) for key, values in reward_extra_info.items()}
+        inputs.update(non_tensor_batch={**batch.non_tensors, **extra}, batch=batch.tensors)
+        for key in algo.gdpo_reward_keys:
+            if key not in extra:
+                raise UserError(f"algorithm.gdpo_reward_keys names {key!r}, which the reward function does not return "
+                                f"(its keys besides score: {sorted(extra) or 'none'}); return a dict with {key!r} or "
+                                "fix algorithm.gdpo_reward_keys")
+            values = extra[key].astype(np.float32)
+            metrics.update({f"gdpo/{key}/{name}": float(fn(values)) for name, fn in
+                            (("mean", np.mean), ("std", np.std), ("max", np.max), ("min", np.min))})
+    if algo.adv_estimator in TOKEN_BASELINE_ESTIMATORS:
+        inputs.update(old_log_probs=batch["old_log_probs"], sum_pi_squared=batch["sum_pi_squared"],
+                      rollout_is_weights=batch.tensors.get("rollout_is_weights"))
+    return inputs
 
 
 def _generation_inputs(batch: Batch) -> Batch:
