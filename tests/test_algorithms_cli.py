@@ -54,11 +54,13 @@ def assert_trained(steps: dict[int, dict], what: str) -> None:
     assert max(steps[step]["actor/grad_norm"] for step in (1, 2)) > 0, what
 
 
-def assert_weights_below_one(steps: dict[int, dict], what: str) -> None:
-    # Every token's weight is p / p_top3 = the top-3 mass < 1 (TIS at 2.0 does not bind), and token_k1 rejects some
-    # tokens, not all.
+def assert_weights_below_one(steps: dict[int, dict], what: str, bypass: bool = False) -> None:
+    """Every token's weight is p / p_top3 = the top-3 mass < 1 (TIS at 2.0 does not bind), and token_k1 rejects some
+    tokens, not all. In bypass mode the weights are the current policy's against the rollout's, measured in each
+    micro-batch of the update: after the first mini-batch's step the policy has moved, so a weight may pass 1."""
     for m in steps.values():
-        assert 0 < m["rollout_corr/rollout_is_mean"] < 0.9 and m["rollout_corr/rollout_is_max"] < 1, (what, m)
+        assert 0 < m["rollout_corr/rollout_is_mean"] < 0.9, (what, m["rollout_corr/rollout_is_mean"])
+        assert m["rollout_corr/rollout_is_max"] < (1.1 if bypass else 1), (what, m["rollout_corr/rollout_is_max"])
         assert m["rollout_corr/rollout_is_ratio_fraction_low"] > 0, what
         assert m["rollout_corr/kl"] > 0 and m["rollout_corr/training_ppl"] > m["rollout_corr/rollout_ppl"], what
         assert m["rollout_corr/rollout_rs_masked_fraction"] < 1, what
@@ -120,7 +122,7 @@ def test_token_baselines_gdpo_and_bypass_mode_train(tmp_path, shared_ray):
         steps = job_steps(tmp_path, "bypass", index, key, loss_type)
         assert_trained(steps, loss_type)
         assert "timing_s/old_log_prob" not in steps[2], loss_type
-        assert_weights_below_one(steps, loss_type)
+        assert_weights_below_one(steps, loss_type, bypass=True)
         # ppo_clip: the PPO ratio is pi / pi_rollout = the top-3 mass, about 0.4 here, below 1 - clip_ratio: every
         # kept token of negative advantage is clipped.
         if loss_type == "ppo_clip":
