@@ -272,6 +272,10 @@ ROLLOUT_CORRECTION = "algorithm.rollout_correction"
 POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
 
 
+# Hydra reads digits around an underscore as one number (0.5_2 -> 0.52): an "l_u" bound must be quoted.
+QUOTE_HINT = " (on the command line quote an 'l_u' bound, e.g. rollout_rs_threshold=\"'0.5_2'\": Hydra reads 0.5_2 as 0.52)"
+
+
 def rollout_correction_on(cfg: DictConfig) -> bool:
     """Whether algorithm.rollout_correction does anything beyond its metrics: IS weights, rejection or bypass mode."""
     rc = cfg.algorithm.rollout_correction
@@ -318,7 +322,10 @@ def check_rollout_correction(cfg: DictConfig) -> None:
         if rc.rollout_rs is not None:
             parse_rollout_rs_thresholds(parse_rollout_rs(rc.rollout_rs), rc.rollout_rs_threshold)
     except ValueError as error:
-        raise UserError(f"{ROLLOUT_CORRECTION}.{error}") from None
+        raise UserError(f"{ROLLOUT_CORRECTION}.{error}{QUOTE_HINT}") from None
+    if isinstance(rc.rollout_is_threshold, float) and rc.rollout_is_threshold < 1 and rc.rollout_is is not None:
+        log.warning("%s.rollout_is_threshold=%s truncates every IS weight at %s < 1%s", ROLLOUT_CORRECTION,
+                    rc.rollout_is_threshold, rc.rollout_is_threshold, QUOTE_HINT)
     if not rollout_correction_on(cfg):
         return
     what = f"{ROLLOUT_CORRECTION}.{'bypass_mode=true' if rc.bypass_mode else 'rollout_is / rollout_rs'}"

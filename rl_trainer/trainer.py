@@ -101,16 +101,7 @@ class PPOTrainer:
                 scored = self._score(batch)
                 batch["token_level_scores"] = scored.token_level_scores
                 metrics.update(_extra_reward_metrics(scored.reward_extra_info))
-            if cfg.algorithm.rollout_correction.bypass_mode:  # verl's bypass mode: no old-log-prob pass
-                batch["old_log_probs"] = _rollout_log_probs(batch, "algorithm.rollout_correction.bypass_mode=true")
-            elif cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
-                with phase("old_log_prob"):
-                    batch.update(self.actor.dispatch("compute_log_prob", batch))
-                    metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
-                if "rollout_log_probs" in batch:  # weight-sync check; the update measures it when it reuses its forward
-                    metrics.update(probs_diff_metrics(probs_diff_sums(
-                        batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"])))
-                    self._check_probs_diff(metrics)
+            self._old_log_probs(batch, metrics, phase)
             if self.use_ref:
                 with phase("ref"):
                     batch.update(self.actor.dispatch("compute_ref_log_prob", batch))
@@ -143,6 +134,21 @@ class PPOTrainer:
         metrics["training/global_step"] = step
         metrics["training/epoch"] = epoch
         return metrics
+
+    def _old_log_probs(self, batch: Batch, metrics: dict[str, float], phase) -> None:
+        """old_log_probs before the reference, values and advantages: the rollout's log-probs in verl's bypass mode
+        (algorithm.rollout_correction.bypass_mode, no pass), else the actor's pass (with actor/entropy and the
+        weight-sync check), unless the on-policy update reuses its own forward (recompute_old_log_prob=false)."""
+        if self.cfg.algorithm.rollout_correction.bypass_mode:
+            batch["old_log_probs"] = _rollout_log_probs(batch, "algorithm.rollout_correction.bypass_mode=true")
+        elif self.cfg.actor_rollout_ref.actor.recompute_old_log_prob:
+            with phase("old_log_prob"):
+                batch.update(self.actor.dispatch("compute_log_prob", batch))
+                metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
+            if "rollout_log_probs" in batch:  # weight-sync check; the update measures it when it reuses its forward
+                metrics.update(probs_diff_metrics(probs_diff_sums(
+                    batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"])))
+                self._check_probs_diff(metrics)
 
     def _check_probs_diff(self, metrics: dict[str, float]) -> None:
         """actor_rollout_ref.rollout.max_probs_diff_mean: stop when the engine's log-probs drift from the actor's."""
