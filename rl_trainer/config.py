@@ -283,7 +283,11 @@ def rollout_correction_on(cfg: DictConfig) -> bool:
 
 
 def check_policy_loss(cfg: DictConfig) -> None:
-    """The policy loss's own settings, where verl's loss would raise at the first update."""
+    """The policy loss's own settings, where verl's loss would raise at the first update.
+
+    Knowingly stricter than verl 0.9.1: bypass_mode=true with another loss_mode is refused (verl's apply_bypass_mode
+    replaces it silently), and loss_mode=bypass_mode without bypass_mode=true is refused (verl would run it against
+    the recomputed old_log_prob with RolloutCorrectionConfig's dataclass defaults, not the rollout's log-probs)."""
     loss = cfg.actor_rollout_ref.actor.policy_loss
     mode = loss.loss_mode
     if mode == "dro" and (loss.dro_beta is None or not loss.dro_beta > 0):
@@ -305,7 +309,11 @@ def check_policy_loss(cfg: DictConfig) -> None:
 
 def check_rollout_correction(cfg: DictConfig) -> None:
     """algorithm.rollout_correction: its choices and specs (the error quotes the spec and the grammar), the rollout
-    log-probs it needs, and the passes it needs before the advantages."""
+    log-probs it needs, and the passes it needs before the advantages.
+
+    Knowingly different from verl 0.9.1: normalise turns rollout.calculate_log_probs on when the correction needs
+    it (verl needs it set by hand and, without the log-probs, skips the correction silently); here a correction
+    that would get no log-probs (calculate_log_probs=false, greedy rollouts) is refused instead of skipped."""
     from rl_trainer.algos.rollout_correction import (parse_rollout_is_threshold, parse_rollout_rs,
                                                      parse_rollout_rs_thresholds)
 
