@@ -198,9 +198,6 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("*.optim.optimizer_impl", "other optimizer implementations", "torch.optim.AdamW is used"),
     Refused("*.optim.override_optimizer_config", "optimizer overrides", "use optim.lr / weight_decay / betas"),
     Refused("*.optim.zero_indexed_step", "one-indexed LR schedules", "the schedule counts steps from 0, as verl"),
-    Hint("actor_rollout_ref.actor.tau_*", "read only by policy_loss.loss_mode=sapo, which is refused"),
-    Hint("actor_rollout_ref.actor.policy_loss.*", "read only by policy losses rl_trainer does not register"),
-    Refused("actor_rollout_ref.actor.calculate_sum_pi_squared", "the sum-pi-squared metric", "leave it false"),
     Hint("actor_rollout_ref.actor.calculate_entropy", "actor/entropy is always computed and logged"),
     Hint("actor_rollout_ref.actor.use_prefix_grouper",
          "actor_rollout_ref.model.share_prompt_prefix shares each prompt's prefix (on by default)"),
@@ -221,8 +218,6 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("reward_model.rollout.*", "a reward model served by a rollout engine", _RM),
     Refused("reward_model.*", "this reward-model setting (the reward model is colocated with the actor)", _RM),
     # Algorithm extensions.
-    Refused("algorithm.rollout_correction.*", "rollout importance-sampling correction",
-            "training uses the recomputed old_log_prob (the default path)"),
     Refused("algorithm.filter_groups.max_inflight_gen_batches", "concurrent DAPO generation batches (verl's v1 "
             "trainer)", "leave it at 1: one generation batch runs at a time, as in verl's DAPO trainer"),
     Refused("algorithm.use_pf_ppo", "PF-PPO reweighting", "use algorithm.adv_estimator alone"),

@@ -2,11 +2,12 @@
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
-`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_optim`, `check_lora`,
-`check_rollout`, `check_dynamic_bsz`, `check_reward_model`, `check_checkpoint`, `check_trainer`, `warn_ineffective`
-and `check_batch_arithmetic`. Each raises `UserError` with the key, the numbers and the fix; downstream code
-(workers, trainer, rewards) trusts a validated config and does not check again. `fill_total_training_steps` is the
-one value filled in later, once the dataset's length is known.
+`check_choices`, `check_unsupported`, `check_algorithm`, `check_rewards`, `check_policy_loss`,
+`check_rollout_correction`, `check_estimator_inputs`, `check_optim`, `check_lora`, `check_rollout`,
+`check_dynamic_bsz`, `check_reward_model`, `check_checkpoint`, `check_trainer`, `warn_ineffective` and
+`check_batch_arithmetic`. Each raises `UserError` with the key, the numbers and the fix; downstream code (workers,
+trainer, rewards) trusts a validated config and does not check again. `fill_total_training_steps` is the one value
+filled in later, once the dataset's length is known.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rl_trainer import compat
-from rl_trainer.algos import ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY
+from rl_trainer.algos import (ADV_ESTIMATOR_REGISTRY, KL_PENALTY_CHOICES, LOSS_AGG_MODES, POLICY_LOSS_REGISTRY,
+                              TOKEN_BASELINE_ESTIMATORS)
 from rl_trainer.checkpoint import RESUME_MODES
 from rl_trainer.data import TRUNCATION_MODES
 from rl_trainer.dumps import DUMP_KEYS, check_dump_dir
@@ -210,6 +212,11 @@ def normalise(cfg: DictConfig) -> None:
             arr.actor.clip_ratio_low = arr.actor.clip_ratio
         if arr.actor.clip_ratio_high is None:
             arr.actor.clip_ratio_high = arr.actor.clip_ratio
+        # What the estimator and the rollout correction read is computed for them (verl asserts it was asked for).
+        if cfg.algorithm.adv_estimator in TOKEN_BASELINE_ESTIMATORS:
+            arr.actor.calculate_sum_pi_squared = True
+        if rollout_correction_on(cfg) and arr.rollout.calculate_log_probs is None:
+            arr.rollout.calculate_log_probs = True
         reconcile_custom_reward(cfg)
 
 
@@ -234,11 +241,6 @@ def check_choices(cfg: DictConfig) -> None:
     _choice(arr.actor.loss_agg_mode, LOSS_AGG_MODES, "actor_rollout_ref.actor.loss_agg_mode")
     _choice(cfg.critic.loss_agg_mode, LOSS_AGG_MODES, "critic.loss_agg_mode")
     _choice(arr.actor.policy_loss.loss_mode, sorted(POLICY_LOSS_REGISTRY), "actor_rollout_ref.actor.policy_loss.loss_mode")
-    for key, value in (("algorithm.adv_estimator", algo.adv_estimator),
-                       ("actor_rollout_ref.actor.policy_loss.loss_mode", arr.actor.policy_loss.loss_mode)):
-        if value in NOT_WIRED:
-            raise UserError(f"{key}={value} is in rl_trainer.algos but not wired into training yet ({NOT_WIRED[value]}); "
-                            f"choose another {key.rsplit('.', 1)[1]}")
     _choice(arr.actor.kl_loss_type, KL_PENALTY_CHOICES, "actor_rollout_ref.actor.kl_loss_type")
     _choice(algo.kl_penalty, KL_PENALTY_CHOICES, "algorithm.kl_penalty")
     _choice(algo.kl_ctrl.type, KL_CTRL_TYPES, "algorithm.kl_ctrl.type")
@@ -246,16 +248,6 @@ def check_choices(cfg: DictConfig) -> None:
     _choice(trainer.resume_mode, RESUME_MODES, "trainer.resume_mode")
     _choice(trainer.nonfinite_grad, ("skip", "stop"), "trainer.nonfinite_grad")
     _choice(arr.rollout.name, ROLLOUT_ENGINES, "actor_rollout_ref.rollout.name")
-
-
-# Registered in rl_trainer.algos (verl's numbers, unit-tested) but needing inputs the trainer does not provide yet.
-NOT_WIRED = {
-    "gdpo": "needs per-key rewards, algorithm.gdpo_reward_keys",
-    "optimal_token_baseline": "needs the actor's sum_pi_squared",
-    "tir_optimal_token_baseline": "needs the actor's sum_pi_squared",
-    "dro": "needs actor_rollout_ref.actor.policy_loss.dro_beta",
-    "bypass_mode": "needs rollout correction, algorithm.rollout_correction",
-}
 
 
 def check_unsupported(cfg: DictConfig) -> None:
@@ -350,6 +342,109 @@ def check_filter_metric(cfg: DictConfig) -> None:
         raise UserError(f"algorithm.filter_groups.metric={metric!r} is not produced by the {manager} reward manager "
                         f"with the built-in rule scorers (they return one number); use one of "
                         f"{', '.join(produced)}{hint}")
+
+
+ROLLOUT_CORRECTION = "algorithm.rollout_correction"
+POLICY_LOSS = "actor_rollout_ref.actor.policy_loss"
+
+
+# Hydra reads digits around an underscore as one number (0.5_2 -> 0.52): an "l_u" bound must be quoted.
+QUOTE_HINT = " (on the command line quote an 'l_u' bound, e.g. rollout_rs_threshold=\"'0.5_2'\": Hydra reads 0.5_2 as 0.52)"
+
+
+def rollout_correction_on(cfg: DictConfig) -> bool:
+    """Whether algorithm.rollout_correction does anything beyond its metrics: IS weights, rejection or bypass mode."""
+    rc = cfg.algorithm.rollout_correction
+    return rc.rollout_is is not None or rc.rollout_rs is not None or bool(rc.bypass_mode)
+
+
+def check_policy_loss(cfg: DictConfig) -> None:
+    """The policy loss's own settings, where verl's loss would raise at the first update.
+
+    Knowingly stricter than verl 0.9.1: bypass_mode=true with another loss_mode is refused (verl's apply_bypass_mode
+    replaces it silently), and loss_mode=bypass_mode without bypass_mode=true is refused (verl would run it against
+    the recomputed old_log_prob with RolloutCorrectionConfig's dataclass defaults, not the rollout's log-probs)."""
+    loss = cfg.actor_rollout_ref.actor.policy_loss
+    mode = loss.loss_mode
+    if mode == "dro" and (loss.dro_beta is None or not loss.dro_beta > 0):
+        raise UserError(f"{POLICY_LOSS}.loss_mode=dro needs {POLICY_LOSS}.dro_beta > 0 (the weight of its quadratic "
+                        f"log-ratio penalty), got {loss.dro_beta}; set e.g. {POLICY_LOSS}.dro_beta=0.1")
+    for name, ratio in (("clip_cov", "clip_cov_ratio"), ("kl_cov", "kl_cov_ratio")):
+        if mode == name and loss[ratio] is not None and not loss[ratio] > 0:
+            raise UserError(f"{POLICY_LOSS}.{ratio}={loss[ratio]} must be > 0 for loss_mode={name} (the fraction of "
+                            f"tokens it selects, e.g. 0.0002)")
+    bypass = cfg.algorithm.rollout_correction.bypass_mode
+    if mode == "bypass_mode" and not bypass:
+        raise UserError(f"{POLICY_LOSS}.loss_mode=bypass_mode reads the rollout's log-probs as old_log_probs, which "
+                        f"only bypass mode provides; set {ROLLOUT_CORRECTION}.bypass_mode=true instead (it selects "
+                        "this loss, as in verl)")
+    if bypass and mode not in ("vanilla", "bypass_mode"):
+        raise UserError(f"{ROLLOUT_CORRECTION}.bypass_mode=true replaces the policy loss by bypass_mode (as verl), "
+                        f"but {POLICY_LOSS}.loss_mode={mode}; leave loss_mode at vanilla or set bypass_mode=false")
+
+
+def check_rollout_correction(cfg: DictConfig) -> None:
+    """algorithm.rollout_correction: its choices and specs (the error quotes the spec and the grammar), the rollout
+    log-probs it needs, and the passes it needs before the advantages.
+
+    Knowingly different from verl 0.9.1: normalise turns rollout.calculate_log_probs on when the correction needs
+    it (verl needs it set by hand and, without the log-probs, skips the correction silently); here a correction
+    that would get no log-probs (calculate_log_probs=false, greedy rollouts) is refused instead of skipped."""
+    from rl_trainer.algos.rollout_correction import (parse_rollout_is_threshold, parse_rollout_rs,
+                                                     parse_rollout_rs_thresholds)
+
+    rc, arr = cfg.algorithm.rollout_correction, cfg.actor_rollout_ref
+    if rc.rollout_is is not None:
+        _choice(rc.rollout_is, ("token", "sequence"), f"{ROLLOUT_CORRECTION}.rollout_is")
+    _choice(rc.loss_type, ("ppo_clip", "reinforce"), f"{ROLLOUT_CORRECTION}.loss_type")
+    for flag in ("bypass_mode", "rollout_is_batch_normalize"):
+        if not isinstance(rc[flag], bool):
+            raise UserError(f"{ROLLOUT_CORRECTION}.{flag}={rc[flag]!r} must be true or false")
+    try:
+        if rc.rollout_is is not None and rc.rollout_is_threshold is not None:
+            parse_rollout_is_threshold(rc.rollout_is_threshold)
+        if rc.rollout_rs is not None:
+            parse_rollout_rs_thresholds(parse_rollout_rs(rc.rollout_rs), rc.rollout_rs_threshold)
+    except ValueError as error:
+        raise UserError(f"{ROLLOUT_CORRECTION}.{error}{QUOTE_HINT}") from None
+    if isinstance(rc.rollout_is_threshold, float) and rc.rollout_is_threshold < 1 and rc.rollout_is is not None:
+        log.warning("%s.rollout_is_threshold=%s truncates every IS weight at %s < 1%s", ROLLOUT_CORRECTION,
+                    rc.rollout_is_threshold, rc.rollout_is_threshold, QUOTE_HINT)
+    if not rollout_correction_on(cfg):
+        return
+    what = f"{ROLLOUT_CORRECTION}.{'bypass_mode=true' if rc.bypass_mode else 'rollout_is / rollout_rs'}"
+    if arr.rollout.calculate_log_probs is False:
+        raise UserError(f"{what} needs the rollout's log-probs, but actor_rollout_ref.rollout.calculate_log_probs="
+                        "false; set it to true (or leave it null)")
+    if not arr.rollout.do_sample:
+        raise UserError(f"{what} needs the rollout's log-probs of sampled tokens, but actor_rollout_ref.rollout."
+                        "do_sample=false (greedy rollouts return none); set actor_rollout_ref.rollout.do_sample=true")
+    if not arr.actor.recompute_old_log_prob:
+        fix = ("bypass mode skips the old-log-prob pass already" if rc.bypass_mode
+               else "the correction compares old_log_prob with the rollout's before the advantages")
+        raise UserError(f"{what} with actor_rollout_ref.actor.recompute_old_log_prob=false: {fix}; set "
+                        "actor_rollout_ref.actor.recompute_old_log_prob=true")
+
+
+def check_estimator_inputs(cfg: DictConfig) -> None:
+    """gdpo's reward keys and the optimal token baselines' old-log-prob pass."""
+    algo, actor = cfg.algorithm, cfg.actor_rollout_ref.actor
+    if algo.adv_estimator == "gdpo":
+        keys, weights = algo.gdpo_reward_keys, algo.gdpo_reward_weights
+        if not keys or isinstance(keys, str):
+            raise UserError(f"algorithm.adv_estimator=gdpo needs algorithm.gdpo_reward_keys, a list of the reward "
+                            f"components your reward function returns in its dict (got {keys!r}); e.g. "
+                            "algorithm.gdpo_reward_keys=[format_reward,accuracy_reward]")
+        if weights is not None and len(weights) != len(keys):
+            raise UserError(f"algorithm.gdpo_reward_weights has {len(weights)} values for {len(keys)} "
+                            "algorithm.gdpo_reward_keys; give one weight per key (or null for all 1.0)")
+    if algo.adv_estimator in TOKEN_BASELINE_ESTIMATORS:
+        if algo.rollout_correction.bypass_mode:
+            raise UserError(f"algorithm.adv_estimator={algo.adv_estimator} needs the old-log-prob pass (its "
+                            f"sum_pi_squared), which {ROLLOUT_CORRECTION}.bypass_mode=true skips; set bypass_mode=false")
+        if not actor.recompute_old_log_prob:
+            raise UserError(f"algorithm.adv_estimator={algo.adv_estimator} needs old_log_prob and sum_pi_squared before "
+                            "the advantages; set actor_rollout_ref.actor.recompute_old_log_prob=true")
 
 
 def check_optim(cfg: DictConfig) -> None:
@@ -502,6 +597,9 @@ def validate_config(cfg: DictConfig, overrides: list[str] | None = None) -> Batc
     check_unsupported(cfg)
     check_algorithm(cfg)
     check_rewards(cfg)
+    check_policy_loss(cfg)
+    check_rollout_correction(cfg)
+    check_estimator_inputs(cfg)
     check_optim(cfg)
     check_lora(cfg)
     check_rollout(cfg)

@@ -22,7 +22,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rl_trainer import checkpoint as ckpt_io
-from rl_trainer.algos import apply_kl_penalty, compute_advantage, get_kl_controller, masked_mean
+from rl_trainer.algos import (TOKEN_BASELINE_ESTIMATORS, apply_kl_penalty, compute_advantage,
+                              compute_rollout_correction_and_rejection_mask, get_kl_controller, masked_mean)
 from rl_trainer.batch import Batch
 from rl_trainer.checkpoint import CheckpointManager
 from rl_trainer.dumps import generation_records, write_step_jsonl
@@ -118,14 +119,7 @@ class PPOTrainer:
                                        keep_groups=cfg.actor_rollout_ref.model.share_prompt_prefix)
             reward_extra_info = _reward_extra(batch)
             metrics.update(_extra_reward_metrics(reward_extra_info))
-            if cfg.actor_rollout_ref.actor.recompute_old_log_prob:  # else the on-policy update reuses its forward
-                with phase("old_log_prob"):
-                    batch.update(self.actor.dispatch("compute_log_prob", batch))
-                    metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
-                if "rollout_log_probs" in batch:  # weight-sync check; the update measures it when it reuses its forward
-                    metrics.update(probs_diff_metrics(probs_diff_sums(
-                        batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"])))
-                    self._check_probs_diff(metrics)
+            self._old_log_probs(batch, metrics, phase)
             if self.use_ref:
                 with phase("ref"):
                     batch.update(self.actor.dispatch("compute_ref_log_prob", batch))
@@ -133,7 +127,7 @@ class PPOTrainer:
                 with phase("values"):
                     batch.update(self.critic.dispatch("compute_values", batch))
             with phase("adv"):
-                self._compute_advantages(batch, metrics)
+                self._compute_advantages(batch, metrics, reward_extra_info)
             self._report_no_signal(batch, metrics)
             if cfg.trainer.rollout_data_dir:
                 with phase("dump_rollout_generations"):
@@ -159,6 +153,21 @@ class PPOTrainer:
         metrics["training/global_step"] = step
         metrics["training/epoch"] = epoch
         return metrics
+
+    def _old_log_probs(self, batch: Batch, metrics: dict[str, float], phase) -> None:
+        """old_log_probs before the reference, values and advantages: the rollout's log-probs in verl's bypass mode
+        (algorithm.rollout_correction.bypass_mode, no pass), else the actor's pass (with actor/entropy and the
+        weight-sync check), unless the on-policy update reuses its own forward (recompute_old_log_prob=false)."""
+        if self.cfg.algorithm.rollout_correction.bypass_mode:
+            batch["old_log_probs"] = _rollout_log_probs(batch, "algorithm.rollout_correction.bypass_mode=true")
+        elif self.cfg.actor_rollout_ref.actor.recompute_old_log_prob:
+            with phase("old_log_prob"):
+                batch.update(self.actor.dispatch("compute_log_prob", batch))
+                metrics["actor/entropy"] = masked_mean(batch["entropys"], batch["response_mask"]).item()
+            if "rollout_log_probs" in batch:  # weight-sync check; the update measures it when it reuses its forward
+                metrics.update(probs_diff_metrics(probs_diff_sums(
+                    batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"])))
+                self._check_probs_diff(metrics)
 
     def _check_probs_diff(self, metrics: dict[str, float]) -> None:
         """actor_rollout_ref.rollout.max_probs_diff_mean: stop when the engine's log-probs drift from the actor's."""
@@ -293,7 +302,7 @@ class PPOTrainer:
             "more groups until their rewards differ", self.global_step, metrics.get("critic/score/all_equal_group_ratio", float("nan")),
             scores.min().item(), scores.max().item())
 
-    def _compute_advantages(self, batch: Batch, metrics: dict[str, float]) -> None:
+    def _compute_advantages(self, batch: Batch, metrics: dict[str, float], reward_extra_info: dict[str, list]) -> None:
         algo = self.cfg.algorithm
         if algo.use_kl_in_reward:
             rewards, kl_metrics = apply_kl_penalty(
@@ -304,14 +313,32 @@ class PPOTrainer:
             metrics.update(kl_metrics)
         else:
             batch["token_level_rewards"] = batch["token_level_scores"]
+        self._rollout_correction(batch, metrics)
         advantages, returns = compute_advantage(
             algo.adv_estimator,
             token_level_rewards=batch["token_level_rewards"], response_mask=batch["response_mask"],
             index=batch["uid"], values=batch.tensors.get("values"), gamma=algo.gamma, lam=algo.lam,
             reward_baselines=batch.tensors.get("reward_baselines"),
-            norm_adv_by_std_in_grpo=algo.norm_adv_by_std_in_grpo,
+            **_verl_estimator_inputs(algo, batch, reward_extra_info, metrics),
         )
         batch["advantages"], batch["returns"] = advantages, returns
+
+    def _rollout_correction(self, batch: Batch, metrics: dict[str, float]) -> None:
+        """algorithm.rollout_correction in verl's decoupled mode: once per batch, before the advantages, whenever the
+        batch has the rollout's log-probs (and old_log_probs; not in bypass mode, whose loss does this itself):
+        rejected tokens leave response_mask, the IS weights (rollout_is) become rollout_is_weights for the policy
+        loss (and the optimal token baselines), and the rollout_corr/* metrics are logged."""
+        rc = self.cfg.algorithm.rollout_correction
+        if rc.bypass_mode or "rollout_log_probs" not in batch or "old_log_probs" not in batch:
+            return
+        weights, mask, corr_metrics = compute_rollout_correction_and_rejection_mask(
+            batch["old_log_probs"], batch["rollout_log_probs"], batch["response_mask"], rollout_is=rc.rollout_is,
+            rollout_is_threshold=rc.rollout_is_threshold, rollout_is_batch_normalize=rc.rollout_is_batch_normalize,
+            rollout_rs=rc.rollout_rs, rollout_rs_threshold=rc.rollout_rs_threshold)
+        batch["response_mask"] = mask
+        if weights is not None:
+            batch["rollout_is_weights"] = weights
+        metrics.update(corr_metrics)
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
@@ -397,6 +424,46 @@ def _balance_batch(batch: Batch, world_size: int, metrics: dict[str, float], kee
     order, parts = balanced_rank_order(lengths, world_size, groups)
     metrics.update(seqlen_balance_metrics(lengths, parts))
     return batch.index(order)
+
+
+def _rollout_log_probs(batch: Batch, needed_by: str):
+    """The rollout engine's log-probs of the sampled tokens, which `needed_by` reads (the config check turns them on
+    for it; an engine that returns none for this batch is stopped here in one line)."""
+    if "rollout_log_probs" not in batch:
+        raise UserError(f"{needed_by} needs the rollout's log-probs (rollout_log_probs), which this batch lacks; set "
+                        "actor_rollout_ref.rollout.calculate_log_probs=true and sample (rollout.do_sample=true)")
+    return batch["rollout_log_probs"]
+
+
+# Estimators to which verl 0.9.1's compute_advantage (ray_trainer.py) passes the flag: GRPO as a keyword, grpo_passk
+# through its config. grpo_vectorized and gdpo get neither, so they keep their default (std normalisation) there.
+_NORM_BY_STD_ESTIMATORS = ("grpo", "grpo_passk")
+
+
+def _verl_estimator_inputs(algo: DictConfig, batch: Batch, reward_extra_info: dict[str, list],
+                           metrics: dict[str, float]) -> dict:
+    """What verl's compute_advantage passes to `algo.adv_estimator` besides the rewards, mask, uid, values, gamma and
+    lam: norm_adv_by_std_in_grpo (see _NORM_BY_STD_ESTIMATORS), the algorithm config, gdpo's per-key rewards (the
+    reward function's extra outputs, verl's reward_extra_info, with the gdpo/<key>/{mean,std,max,min} metrics) and
+    the optimal token baselines' inputs."""
+    inputs: dict = {"config": algo}
+    if algo.adv_estimator in _NORM_BY_STD_ESTIMATORS:
+        inputs["norm_adv_by_std_in_grpo"] = algo.norm_adv_by_std_in_grpo
+    if algo.adv_estimator == "gdpo":
+        extra = {key: np.asarray(values) for key, values in reward_extra_info.items()}
+        inputs.update(non_tensor_batch={**batch.non_tensors, **extra}, batch=batch.tensors)
+        for key in algo.gdpo_reward_keys:
+            if key not in extra:
+                raise UserError(f"algorithm.gdpo_reward_keys names {key!r}, which the reward function does not return "
+                                f"(its keys besides score: {sorted(extra) or 'none'}); return a dict with {key!r} or "
+                                "fix algorithm.gdpo_reward_keys")
+            values = extra[key].astype(np.float32)
+            metrics.update({f"gdpo/{key}/{name}": float(fn(values)) for name, fn in
+                            (("mean", np.mean), ("std", np.std), ("max", np.max), ("min", np.min))})
+    if algo.adv_estimator in TOKEN_BASELINE_ESTIMATORS:
+        inputs.update(old_log_probs=batch["old_log_probs"], sum_pi_squared=batch["sum_pi_squared"],
+                      rollout_is_weights=batch.tensors.get("rollout_is_weights"))
+    return inputs
 
 
 def _generation_inputs(batch: Batch) -> Batch:

@@ -90,7 +90,7 @@ def test_hint_key_prints_one_notice_and_runs(caplog):
     ("actor_rollout_ref.rollout.multi_turn.enable=true", "multi-turn"),
     ("actor_rollout_ref.actor.strategy=megatron", "Megatron"),
     ("model_engine=megatron", "Megatron"),
-    ("algorithm.rollout_correction.rollout_is=token", "importance-sampling"),
+    ("algorithm.use_pf_ppo=true", "PF-PPO"),
 ])
 def test_refused_key_ends_in_one_line(override, feature):
     with pytest.raises(UserError) as err:

@@ -45,6 +45,7 @@ from rl_trainer.algos.masked import (
     masked_sum,
     masked_var,
     masked_whiten,
+    sum_pi_squared_from_logits,
 )
 from rl_trainer.algos.policy_losses import (
     compute_policy_loss_bypass_mode,
@@ -78,11 +79,13 @@ from rl_trainer.algos.rollout_correction import (
     compute_rollout_rejection_mask,
 )
 from rl_trainer.algos.token_baselines import (
+    TOKEN_BASELINE_ESTIMATORS,
     compute_multi_turn_optimal_token_baseline_advantage,
     compute_optimal_token_baseline_advantage,
 )
 
 __all__ = [
+    "TOKEN_BASELINE_ESTIMATORS",
     "ADV_ESTIMATOR_REGISTRY",
     "ActorLossConfig",
     "AdaptiveKLController",
@@ -143,6 +146,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "sum_pi_squared_from_logits",
     "register_adv_est",
     "register_policy_loss",
 ]

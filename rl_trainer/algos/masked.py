@@ -74,3 +74,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """
     probs = torch.nn.functional.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - torch.sum(probs * logits, dim=-1)
+
+
+def sum_pi_squared_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """sum_v softmax(z)_v ** 2 over the last axis: the collision probability of each position's distribution, which
+    the optimal token baselines' variance proxy reads (verl's calculate_sum_pi_squared_from_logits).
+
+    sum_v p_v^2 = exp(logsumexp(2 z) - 2 logsumexp(z))     (no (.., vocab) probability tensor is formed)
+
+    Shapes: (..., vocab_size) -> (...).
+    """
+    return torch.exp(torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1))

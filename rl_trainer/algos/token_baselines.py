@@ -22,6 +22,9 @@ import torch
 from rl_trainer.algos.grouping import group_rows
 from rl_trainer.algos.registry import register_adv_est
 
+# The estimator names of this module: the trainer gives them old_log_probs, sum_pi_squared and rollout_is_weights.
+TOKEN_BASELINE_ESTIMATORS = ("optimal_token_baseline", "tir_optimal_token_baseline")
+
 
 def _returns_and_path_variance(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                old_log_probs: torch.Tensor, sum_pi_squared: torch.Tensor,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from rl_trainer.algos import compute_actor_loss, entropy_from_logits
+from rl_trainer.algos import compute_actor_loss, entropy_from_logits, sum_pi_squared_from_logits
 from rl_trainer.batch import Batch
 from rl_trainer.metrics import probs_diff_metrics, probs_diff_sums
 from rl_trainer.workers import fsdp, lora
@@ -26,24 +26,35 @@ from rl_trainer.workers.rollout import SamplingParams, build_rollout
 def response_log_probs(model: torch.nn.Module, batch: Batch, device: torch.device, temperature: float,
                        with_entropy: bool, share_prompts: bool,
                        entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(response_t | prefix) for every response position, from logits / temperature (as verl).
+    """log pi(response_t | prefix) for every response position, from logits / temperature (as verl), and, if asked,
+    the entropy of each position's distribution (outside the autograd graph unless `entropy_grad`: a metric, not a
+    loss term). See response_forward."""
+    out = response_forward(model, batch, device, temperature, share_prompts, with_entropy=with_entropy,
+                           entropy_grad=entropy_grad)
+    return out["log_probs"], out.get("entropy")
 
-    Only the logits that score response tokens are computed (rl_trainer.workers.forward.response_logits), and
-    none for the response columns that every row pads: those get log-prob and entropy 0 (masked everywhere).
-    Returns log_probs (bs, R) and, if asked, the entropy of each position's distribution (outside the autograd
-    graph unless `entropy_grad`: a metric, not a loss term).
-    """
+
+def response_forward(model: torch.nn.Module, batch: Batch, device: torch.device, temperature: float,
+                     share_prompts: bool, with_entropy: bool = False, entropy_grad: bool = True,
+                     with_sum_pi_squared: bool = False) -> dict[str, torch.Tensor]:
+    """One pass over the logits that score the response tokens (rl_trainer.workers.forward.response_logits),
+    divided by the temperature as verl does: "log_probs" (bs, R), and from the same logits "entropy" (bs, R) and
+    "sum_pi_squared" (bs, R; sum over the vocabulary of pi^2, for the optimal token baselines) when asked. The
+    response columns that every row pads get no logits: their values are 0 (masked everywhere)."""
     response_len = batch.tensors["responses"].shape[1]
     logits = response_logits(model, batch, device, share_prompts).float()
     if temperature != 1.0:  # x / 1.0 == x: skip a pass over the (bs, R, V) logits
         logits = logits / temperature
     responses = batch.tensors["responses"][:, : logits.shape[1]].to(device)
     log_probs = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), responses.reshape(-1), reduction="none")
-    log_probs = pad_responses(log_probs.view(responses.shape), response_len)
-    if not with_entropy:
-        return log_probs, None
-    with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-        return log_probs, pad_responses(entropy_from_logits(logits), response_len)
+    out = {"log_probs": pad_responses(log_probs.view(responses.shape), response_len)}
+    if with_sum_pi_squared:
+        with torch.no_grad():
+            out["sum_pi_squared"] = pad_responses(sum_pi_squared_from_logits(logits), response_len)
+    if with_entropy:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+            out["entropy"] = pad_responses(entropy_from_logits(logits), response_len)
+    return out
 
 
 class ActorRolloutRefWorker(WorkerBase):
@@ -96,36 +107,41 @@ class ActorRolloutRefWorker(WorkerBase):
 
     # ----------------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
-    def _log_probs(self, model, batch: Batch, section: str, with_entropy: bool):
-        """Log-probs (and entropies) of every row, in micro-batches of `section`'s log_prob_micro_batch_size_per_gpu
-        rows, or with its log_prob_use_dynamic_bsz of log_prob_max_token_len_per_gpu tokens; in the rows' order."""
+    def _log_probs(self, model, batch: Batch, section: str, **outputs: bool) -> dict[str, torch.Tensor]:
+        """response_forward's outputs for every row ("log_probs", and "entropy" / "sum_pi_squared" where `outputs`
+        asks: with_entropy=True, ...), in micro-batches of `section`'s log_prob_micro_batch_size_per_gpu rows, or
+        with its log_prob_use_dynamic_bsz of log_prob_max_token_len_per_gpu tokens; in the rows' order."""
         temperature = self.config.actor_rollout_ref.rollout.temperature
         share = self.config.actor_rollout_ref.model.share_prompt_prefix
         cfg = OmegaConf.select(self.config, section)
         micros, inverse = self.split_micro_batches(batch, cfg.log_prob_micro_batch_size_per_gpu,
                                                    cfg.log_prob_use_dynamic_bsz, cfg.log_prob_max_token_len_per_gpu,
                                                    f"{section}.log_prob_max_token_len_per_gpu")
-        outs, entropies = [], []
+        parts: dict[str, list[torch.Tensor]] = {}
         for mb in micros:
-            log_probs, entropy = response_log_probs(model, mb, self.device, temperature, with_entropy, share)
-            outs.append(log_probs.cpu())
-            if with_entropy:
-                entropies.append(entropy.cpu())
-        return in_row_order(outs, inverse), (in_row_order(entropies, inverse) if with_entropy else None)
+            for key, value in response_forward(model, mb, self.device, temperature, share, **outputs).items():
+                parts.setdefault(key, []).append(value.cpu())
+        return {key: in_row_order(values, inverse) for key, values in parts.items()}
 
     def compute_log_prob(self, batch: Batch) -> Batch:
-        """old_log_probs (and per-token entropy for the actor/entropy metric) under the current actor."""
-        log_probs, entropy = self._log_probs(self.actor.model, batch, "actor_rollout_ref.rollout", with_entropy=True)
-        return Batch({"old_log_probs": log_probs, "entropys": entropy})
+        """old_log_probs (and per-token entropy for the actor/entropy metric) under the current actor; with
+        actor.calculate_sum_pi_squared also sum_pi_squared, from the same logits (verl's key and output)."""
+        with_sum_pi_squared = bool(self.config.actor_rollout_ref.actor.calculate_sum_pi_squared)
+        out = self._log_probs(self.actor.model, batch, "actor_rollout_ref.rollout", with_entropy=True,
+                              with_sum_pi_squared=with_sum_pi_squared)
+        tensors = {"old_log_probs": out["log_probs"], "entropys": out["entropy"]}
+        if with_sum_pi_squared:
+            tensors["sum_pi_squared"] = out["sum_pi_squared"]
+        return Batch(tensors)
 
     def compute_ref_log_prob(self, batch: Batch) -> Batch:
         """ref_log_prob under the frozen reference: its own model, or with LoRA the actor with its adapters
         disabled (the base model, as verl's ref-in-actor; also when training starts from lora_adapter_path)."""
         if self.ref is not None:
-            log_probs, _ = self._log_probs(self.ref, batch, "actor_rollout_ref.ref", with_entropy=False)
+            log_probs = self._log_probs(self.ref, batch, "actor_rollout_ref.ref")["log_probs"]
         else:
             with self.actor.model.disable_adapter():
-                log_probs, _ = self._log_probs(self.actor.model, batch, "actor_rollout_ref.ref", with_entropy=False)
+                log_probs = self._log_probs(self.actor.model, batch, "actor_rollout_ref.ref")["log_probs"]
         return Batch({"ref_log_prob": log_probs})
 
     # ------------------------------------------------------------------------------------------- update
@@ -142,15 +158,7 @@ class ActorRolloutRefWorker(WorkerBase):
         temperature = self.config.actor_rollout_ref.rollout.temperature
         share = self.config.actor_rollout_ref.model.share_prompt_prefix
         reuse_forward = not actor_cfg.recompute_old_log_prob
-        # Every actor.policy_loss.* key (loss_mode, clip_cov_ratio, dro_beta, rollout_correction, ...) and the
-        # actor-level keys the losses read, under verl's names; compute_actor_loss refuses a key it does not know.
-        loss_kwargs = dict(
-            **OmegaConf.to_container(actor_cfg.policy_loss, resolve=True),
-            **{key: actor_cfg[key] for key in ("clip_ratio", "tau_pos", "tau_neg") if key in actor_cfg},
-            loss_agg_mode=actor_cfg.loss_agg_mode, clip_ratio_low=actor_cfg.clip_ratio_low,
-            clip_ratio_high=actor_cfg.clip_ratio_high, clip_ratio_c=actor_cfg.clip_ratio_c,
-            entropy_coeff=actor_cfg.entropy_coeff, use_kl_loss=actor_cfg.use_kl_loss,
-            kl_loss_coef=actor_cfg.kl_loss_coef, kl_loss_type=actor_cfg.kl_loss_type)
+        loss_kwargs = self._loss_kwargs()
         entropy_sums = [0.0, 0.0]  # sum of entropy * mask, of mask: actor/entropy when the forward stands in
         diff_sums = []  # the weight-sync check, when the update's forward stands in for old_log_probs
 
@@ -184,6 +192,24 @@ class ActorRolloutRefWorker(WorkerBase):
         if diff_sums:
             out.update(probs_diff_metrics(fsdp.all_reduce_sums_and_max(torch.stack(diff_sums), self.device)))
         return out
+
+    def _loss_kwargs(self) -> dict:
+        """compute_actor_loss's settings: every actor.policy_loss.* key (loss_mode, clip_cov_ratio, dro_beta, ...)
+        and the actor-level keys the losses read, under verl's names (compute_actor_loss refuses a key it does not
+        know). With algorithm.rollout_correction.bypass_mode the loss is bypass_mode, reading those settings (verl's
+        apply_bypass_mode sets policy_loss.loss_mode and policy_loss.rollout_correction the same way)."""
+        actor_cfg = self.config.actor_rollout_ref.actor
+        kwargs = dict(
+            **OmegaConf.to_container(actor_cfg.policy_loss, resolve=True),
+            clip_ratio=actor_cfg.clip_ratio, tau_pos=actor_cfg.tau_pos, tau_neg=actor_cfg.tau_neg,
+            loss_agg_mode=actor_cfg.loss_agg_mode, clip_ratio_low=actor_cfg.clip_ratio_low,
+            clip_ratio_high=actor_cfg.clip_ratio_high, clip_ratio_c=actor_cfg.clip_ratio_c,
+            entropy_coeff=actor_cfg.entropy_coeff, use_kl_loss=actor_cfg.use_kl_loss,
+            kl_loss_coef=actor_cfg.kl_loss_coef, kl_loss_type=actor_cfg.kl_loss_type)
+        rollout_corr = self.config.algorithm.rollout_correction
+        if rollout_corr.bypass_mode:
+            kwargs.update(loss_mode="bypass_mode", rollout_correction=OmegaConf.to_container(rollout_corr, resolve=True))
+        return kwargs
 
     # -------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, path: str, hf_dir: str | None) -> None:
