@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.workers.test_rollout_vllm import RESPONSE_LENGTH, TEXTS, _ppo_inputs, _prompts, _worker
+from tests.workers.test_rollout_vllm import TEXTS, _hf_greedy, _ppo_inputs, _prompts, _worker
 from tests.workers.test_rollout_vllm import model_dir  # noqa: F401 (the fixture: skips without a usable vLLM)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -25,20 +25,8 @@ def worker(model_dir):
 
 
 def _merged_greedy(worker, batch) -> torch.Tensor:
-    """Greedy responses of a plain Hugging Face model holding the actor's merged weights, via `generate`."""
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    model = AutoModelForCausalLM.from_config(worker.actor.model.config).eval()
-    model.load_state_dict(dict(worker.rollout_weights()), strict=False)
-    model.tie_weights()
-    tok = worker.tokenizer
-    config = GenerationConfig(max_new_tokens=RESPONSE_LENGTH, do_sample=False, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id)
-    with torch.no_grad():
-        out = model.generate(input_ids=batch["prompts"], attention_mask=batch["attention_mask"],
-                             generation_config=config)
-    generated = out[:, batch["prompts"].shape[1]:]
-    return torch.nn.functional.pad(generated, (0, RESPONSE_LENGTH - generated.shape[1]), value=tok.pad_token_id)
+    """Greedy responses of a plain Hugging Face model holding the actor's merged weights (base + adapter)."""
+    return _hf_greedy(worker, batch, dict(worker.rollout_weights()))
 
 
 def test_vllm_follows_the_adapter_update_by_update(worker):

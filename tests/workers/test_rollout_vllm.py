@@ -84,12 +84,13 @@ def _prompts(worker, texts, n=1):
 TEXTS = ["Natalia sold clips to 48 of her friends in April.", "How many?", "Weng earns $12 an hour for babysitting."]
 
 
-def _hf_greedy(worker, batch) -> torch.Tensor:
-    """Greedy responses of a plain Hugging Face model holding the actor's current weights, via `generate`."""
+def _hf_greedy(worker, batch, weights: dict | None = None) -> torch.Tensor:
+    """Greedy responses of a plain Hugging Face model holding `weights` (default: the actor's current full weights),
+    via `generate`."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     model = AutoModelForCausalLM.from_config(worker.actor.model.config).eval()
-    model.load_state_dict(worker.full_params(), strict=False)
+    model.load_state_dict(worker.full_params() if weights is None else weights, strict=False)
     model.tie_weights()
     tok = worker.tokenizer
     config = GenerationConfig(max_new_tokens=RESPONSE_LENGTH, do_sample=False, eos_token_id=tok.eos_token_id,
