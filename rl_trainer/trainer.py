@@ -351,9 +351,7 @@ class PPOTrainer:
         for prompts in self.val_loader:
             prompts["uid"] = [str(uuid.uuid4()) for _ in range(len(prompts))]
             batch = prompts.repeat(val_kwargs.n, interleave=True)
-            batch, pad = _pad_to_multiple(batch, self.actor.world_size)
-            out = self.actor.dispatch("generate_sequences", _generation_inputs(batch), validate=True)
-            out = out.index(slice(0, len(out) - pad))
+            out = self._generate(batch, validate=True)
             scored = self._score(out)
             out["token_level_scores"] = scored.token_level_scores
             if dump_dir:
@@ -471,7 +469,8 @@ def _generation_inputs(batch: Batch) -> Batch:
 
 
 def _pad_to_multiple(batch: Batch, multiple: int) -> tuple[Batch, int]:
-    """Validation batches of any size: repeat the first rows so every worker gets the same number of rows."""
+    """Batches of any size (validation, ReMax's greedy baselines): repeat the first rows so every worker gets the
+    same number of rows."""
     pad = (-len(batch)) % multiple
     if pad == 0:
         return batch, 0
