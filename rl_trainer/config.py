@@ -196,6 +196,27 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def ray_address(cfg: DictConfig) -> str | None:
+    """The Ray cluster to join: ray_kwargs.ray_init.address, else RAY_ADDRESS; None = start a local Ray (also when
+    the key is "local", whatever RAY_ADDRESS says)."""
+    key = cfg.ray_kwargs.ray_init.get("address")
+    if key:
+        return None if key == "local" else str(key)
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def resolve_cpus_per_worker(cfg: DictConfig) -> int:
+    """trainer.cpus_per_worker=null (the default): on CPU without a cluster to join, this machine's CPUs (or
+    ray_kwargs.ray_init.num_cpus) shared out among its trainer.n_gpus_per_node workers, so that the workers use
+    every core and no two share one (measured: one worker with 2 threads beats 2 workers with 1 thread each on 2
+    cores, docs/performance.md); else 1, as verl reserves per GPU worker."""
+    trainer = cfg.trainer
+    if trainer.device != "cpu" or ray_address(cfg):
+        return 1
+    cpus = cfg.ray_kwargs.ray_init.num_cpus or os.cpu_count() or 1
+    return max(1, int(cpus) // max(1, int(trainer.n_gpus_per_node)))
+
+
 def normalise(cfg: DictConfig) -> None:
     """verl conveniences and values derived from other keys, filled in place."""
     arr, trainer = cfg.actor_rollout_ref, cfg.trainer
@@ -203,6 +224,8 @@ def normalise(cfg: DictConfig) -> None:
         if isinstance(trainer.logger, str):  # one name, as in verl's examples
             trainer.logger = [trainer.logger]
         trainer.device = resolve_device(trainer.device)
+        if trainer.cpus_per_worker is None:
+            trainer.cpus_per_worker = resolve_cpus_per_worker(cfg)
         if cfg.data.seed is None:
             cfg.data.seed = trainer.seed
         if cfg.critic.enable is None:
@@ -217,6 +240,8 @@ def normalise(cfg: DictConfig) -> None:
             arr.actor.calculate_sum_pi_squared = True
         if rollout_correction_on(cfg) and arr.rollout.calculate_log_probs is None:
             arr.rollout.calculate_log_probs = True
+        if arr.actor.recompute_old_log_prob is None:
+            arr.actor.recompute_old_log_prob = resolve_recompute_old_log_prob(cfg)
         reconcile_custom_reward(cfg)
 
 
@@ -280,17 +305,36 @@ def check_algorithm(cfg: DictConfig) -> None:
         raise UserError(f"algorithm.kl_ctrl.horizon={algo.kl_ctrl.horizon} must be > 0 for the adaptive controller")
     if arr.actor.recompute_old_log_prob:
         return
-    off_policy = []
-    if arr.actor.ppo_epochs != 1:
-        off_policy.append(f"actor_rollout_ref.actor.ppo_epochs={arr.actor.ppo_epochs}")
-    if arr.actor.ppo_mini_batch_size != cfg.data.train_batch_size:
-        off_policy.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={arr.actor.ppo_mini_batch_size} "
-                          f"< data.train_batch_size={cfg.data.train_batch_size}")
-    if algo.use_kl_in_reward:
-        off_policy.append("algorithm.use_kl_in_reward=true (needs old_log_prob before the update)")
+    off_policy = off_policy_reasons(cfg)
     if off_policy:
         raise UserError("actor_rollout_ref.actor.recompute_old_log_prob=false needs an on-policy update, but "
                         f"{'; '.join(off_policy)}; set actor_rollout_ref.actor.recompute_old_log_prob=true")
+
+
+def off_policy_reasons(cfg: DictConfig) -> list[str]:
+    """Why the update's own forward cannot stand in for the old-log-prob pass (empty: it can): more than one
+    epoch or mini-batch (the weights move between the pass and later forwards), KL in the reward (it needs
+    old_log_prob before the update)."""
+    actor, reasons = cfg.actor_rollout_ref.actor, []
+    if actor.ppo_epochs != 1:
+        reasons.append(f"actor_rollout_ref.actor.ppo_epochs={actor.ppo_epochs}")
+    if actor.ppo_mini_batch_size != cfg.data.train_batch_size:
+        reasons.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={actor.ppo_mini_batch_size} "
+                       f"< data.train_batch_size={cfg.data.train_batch_size}")
+    if cfg.algorithm.use_kl_in_reward:
+        reasons.append("algorithm.use_kl_in_reward=true (needs old_log_prob before the update)")
+    return reasons
+
+
+def resolve_recompute_old_log_prob(cfg: DictConfig) -> bool:
+    """actor.recompute_old_log_prob=null (the default): skip the separate old-log-prob pass exactly when the
+    update is on-policy and nothing reads old_log_prob before the update (the rollout correction, the optimal
+    token baselines' sum_pi_squared) and every step updates the actor (trainer.critic_warmup <= 1: in a warm-up
+    step only the pass would measure actor/entropy); the numbers are the same either way
+    (tests/workers/test_optimisations.py)."""
+    needs_pass = (off_policy_reasons(cfg) or rollout_correction_on(cfg)
+                  or cfg.algorithm.adv_estimator in TOKEN_BASELINE_ESTIMATORS or cfg.trainer.critic_warmup > 1)
+    return bool(needs_pass)
 
 
 def check_rewards(cfg: DictConfig) -> None:
@@ -448,10 +492,10 @@ def check_estimator_inputs(cfg: DictConfig) -> None:
 
 
 def check_optim(cfg: DictConfig) -> None:
-    """Learning rates, the LR schedule (resolved here once by the workers' own rl_trainer.workers.fsdp.
+    """Learning rates, the LR schedule (resolved here once by the workers' own rl_trainer.workers.lr_schedule.
     lr_schedule_settings, so a bad schedule fails before Ray starts), and total_training_steps, which (as in verl)
     the trainer fills in: a value set by hand would be overwritten there silently, so here it is refused."""
-    from rl_trainer.workers.fsdp import lr_schedule_settings  # torch + transformers: imported when checking
+    from rl_trainer.workers.lr_schedule import lr_schedule_settings
 
     for section in OPTIM_SECTIONS:
         optim = OmegaConf.select(cfg, section)

@@ -1,7 +1,10 @@
 """`python -m rl_trainer.main [overrides]`: the Hydra entry point.
 
-Compose and check the config, resolve the model and data, load the datasets (all before Ray starts, so a
-bad command line fails in seconds), then start Ray, the worker groups and the training loop.
+Three stages. The config stage composes and checks the config alone (before anything starts, so a mistyped
+command line fails in a second). The input stage resolves the model, tokenizer, reward function and datasets, in
+a thread beside Ray's start and the workers' spawn (its seconds of imports and tokenisation overlap theirs); a bad
+input still ends the run at start-up, in the same one line, before any worker loads a model, and Ray is shut down.
+Then the worker groups load their models and the training loop runs.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -80,46 +86,66 @@ class SweepJobFailed(Exception):
 
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> None:
     """Train with the composed config `cfg`, writing metrics to `run_dir`."""
-    from rl_trainer.config import check_lora_adapters, fill_total_training_steps, validate_config
+    plan, checkpoints, resume_path = check_config(cfg, overrides)
+    # Beside Ray's start, one thread imports the worker classes and then runs the input stage: one thread, in
+    # this order, because transformers' lazy module can be seen half-initialised by a second importing thread.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rl_trainer-start")
+    try:
+        classes = executor.submit(worker_classes)
+        inputs = executor.submit(load_inputs, cfg)
+        train_on_ray(cfg, run_dir, plan, classes, inputs, checkpoints, resume_path)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_config(cfg: DictConfig, overrides: list[str] | None = None):
+    """The config stage: the config alone, this machine's resources and the checkpoint to resume from. Returns
+    (rl_trainer.config.BatchPlan, CheckpointManager, resume path or None)."""
+    from rl_trainer.checkpoint import CheckpointManager
+    from rl_trainer.config import validate_config
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
-    quiet_libraries()
-
-    from rl_trainer.checkpoint import CheckpointManager, step_of
-    from rl_trainer.models.builtin import resolve_model_path
-    from rl_trainer.rewards.custom import get_custom_reward_fn
-    from rl_trainer.workers.loading import load_tokenizer
-
-    arr, data, trainer_cfg = cfg.actor_rollout_ref, cfg.data, cfg.trainer
     check_local_resources(cfg)
+    trainer_cfg = cfg.trainer
     # One directory per step holds actor and critic, so the stricter of the two limits applies.
     limits = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k and k > 0]
     checkpoints = CheckpointManager(trainer_cfg.default_local_dir, min(limits) if limits else None)
     resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)  # fail fast
+    return plan, checkpoints, resume_path
 
-    model_path = resolve_model_path(arr.model.path, seed=trainer_cfg.seed)
-    critic_path = resolve_model_path(cfg.critic.model.path, seed=trainer_cfg.seed) if cfg.critic.enable else None
+
+@dataclass
+class Inputs:
+    """What the input stage resolved and checked: model folders, the tokenizer, the reward function, the loaders."""
+
+    model_path: str
+    critic_path: str | None
+    tokenizer: Any
+    reward_fn: Any
+    rm_paths: tuple[str, str | None] | None  # (reward model folder, its input tokenizer) with reward_model.enable
+    train_loader: Any
+    val_loader: Any
+
+
+def load_inputs(cfg: DictConfig) -> Inputs:
+    """The input stage (it only reads `cfg`: it runs in a thread beside Ray's start). Every error is a UserError
+    naming the key or file."""
+    quiet_libraries()
+    from rl_trainer.config import check_lora_adapters
+    from rl_trainer.models.builtin import resolve_model_path
+    from rl_trainer.rewards.custom import get_custom_reward_fn
+    from rl_trainer.workers.loading import load_tokenizer
+
+    arr, data, seed = cfg.actor_rollout_ref, cfg.data, cfg.trainer.seed
+    model_path = resolve_model_path(arr.model.path, seed=seed)
+    critic_path = resolve_model_path(cfg.critic.model.path, seed=seed) if cfg.critic.enable else None
     check_lora_adapters(cfg)
-    tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, trainer_cfg.seed) if data.tokenizer else model_path,
+    tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, seed) if data.tokenizer else model_path,
                                trust_remote_code=arr.model.trust_remote_code)
     reward_fn = get_custom_reward_fn(cfg)
     rm_paths = reward_model_paths(cfg, tokenizer) if cfg.reward_model.enable else None
-
     train_loader, val_loader = prompt_loaders(cfg, tokenizer)
-    total_steps = fill_total_training_steps(cfg, len(train_loader))  # the optimizers' LR schedules read it
-
-    if resume_path is not None and step_of(resume_path) >= total_steps:
-        print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; nothing to do")
-        return
-    # Every input is valid: only now touch the checkpoint directory (leftovers of a run killed while saving).
-    if checkpoints.cleanup_stale_tmp():
-        resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
-    print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
-    print(f"model: {model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
-
-    train_on_ray(cfg, run_dir, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader,
-                 reward_fn=reward_fn, checkpoints=checkpoints, total_steps=total_steps, resume_path=resume_path,
-                 model_path=model_path, critic_path=critic_path, rm_paths=rm_paths)
+    return Inputs(model_path, critic_path, tokenizer, reward_fn, rm_paths, train_loader, val_loader)
 
 
 def reward_model_paths(cfg: DictConfig, tokenizer) -> tuple[str, str | None]:
@@ -165,46 +191,57 @@ def prompt_loaders(cfg: DictConfig, tokenizer):
     return train_loader, val_loader
 
 
-def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val_loader, reward_fn, checkpoints,
-                 total_steps: int, resume_path, model_path: str, critic_path: str | None,
-                 rm_paths: tuple[str, str | None] | None = None) -> None:
-    """Start (or join) Ray, build the worker groups, run PPOTrainer.fit, and tear everything down. The critic and
-    the reward model (`rm_paths`: its folder and input tokenizer, when reward_model.enable) are colocated with the
-    actor: one process of each group per bundle, sharing its CPUs / GPU."""
-    # Inputs are checked; now the heavy machinery (Ray, FSDP, checkpointing) is worth importing.
+def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: Future, checkpoints,
+                 resume_path) -> None:
+    """Start (or join) Ray and spawn the worker groups while `classes` (worker_classes) and `inputs` (load_inputs)
+    are resolved in the start-up thread, then load the models, run PPOTrainer.fit, and tear everything down (also
+    when an input turns out bad). The critic and the reward model are colocated with the actor: one process of each
+    group per bundle, sharing its CPUs / GPU.
+
+    The workers are spawned with the config before the data is read; the one value the data decides, the LR
+    schedule's length (optim.total_training_steps, rl_trainer.config.fill_total_training_steps), reaches them as
+    init_model's argument. Until the input stage is done, this thread imports nothing that imports transformers."""
     import ray
 
-    from rl_trainer.config import needs_reference
-
-    from rl_trainer.distributed import ResourcePool, WorkerGroup
-    from rl_trainer.tracking import Tracking
-    from rl_trainer.trainer import PPOTrainer
-    from rl_trainer.workers.actor import ActorRolloutRefWorker
-    from rl_trainer.workers.critic import CriticWorker
-    from rl_trainer.workers.reward_model import RewardModelWorker
+    from rl_trainer.checkpoint import step_of
+    from rl_trainer.config import fill_total_training_steps, needs_reference
+    from rl_trainer.distributed import ResourcePool
 
     trainer_cfg = cfg.trainer
-    config = OmegaConf.to_container(cfg, resolve=True)
-    _init_ray(cfg)  # before the tracker: a cluster that cannot be joined leaves no half-open wandb run
-    tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir, config)
-    pool = actor = critic = reward_model = None
+    worker_config = OmegaConf.to_container(cfg, resolve=True)
+    _init_ray(cfg)  # seconds of waiting for Ray's processes, while the start-up thread works
+    pool = actor = critic = reward_model = tracker = None
     try:
         pool = ResourcePool(trainer_cfg.nnodes, trainer_cfg.n_gpus_per_node, trainer_cfg.device, trainer_cfg.cpus_per_worker)
-        share = 1.0 / (1 + bool(cfg.critic.enable) + (rm_paths is not None))
-        actor = WorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, pool, config, share=share)
+        actor, critic, reward_model = spawn_groups(cfg, pool, classes.result(), worker_config)
+        data: Inputs = inputs.result()  # a bad input ends the run here, before any model loads
+        from rl_trainer.tracking import Tracking
+        from rl_trainer.trainer import PPOTrainer
+
+        total_steps = fill_total_training_steps(cfg, len(data.train_loader))
+        schedule_steps = cfg.actor_rollout_ref.actor.optim.total_training_steps
+        if resume_path is not None and step_of(resume_path) >= total_steps:
+            print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; "
+                  "nothing to do")
+            return
+        # Every input is valid: only now touch the checkpoint directory (leftovers of a run killed while saving).
+        if checkpoints.cleanup_stale_tmp():
+            resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
+        print(f"run directory: {run_dir.resolve()}   checkpoints: {Path(trainer_cfg.default_local_dir).resolve()}")
+        print(f"model: {data.model_path}   workers: {plan.world_size} x {trainer_cfg.device}   steps: {total_steps}")
+        tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir,
+                           OmegaConf.to_container(cfg, resolve=True))
         print(pool.describe_placement(actor.call("node_and_pid")), flush=True)
         use_ref = needs_reference(cfg)
-        actor.call("init_model", model_path, total_steps, use_ref)
-        if cfg.critic.enable:
-            critic = WorkerGroup("critic", CriticWorker, pool, config, share=share)
-            critic.call("init_model", critic_path, total_steps)
-        if rm_paths is not None:
-            reward_model = WorkerGroup("reward_model", RewardModelWorker, pool, config, share=share)
-            reward_model.call("init_model", *rm_paths)
+        actor.call("init_model", data.model_path, schedule_steps, use_ref)
+        if critic is not None:
+            critic.call("init_model", data.critic_path, schedule_steps)
+        if reward_model is not None:
+            reward_model.call("init_model", *data.rm_paths)
         PPOTrainer(
-            cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor, critic=critic,
-            reward_model=reward_model, use_ref=use_ref, reward_fn=reward_fn, tracker=tracker, checkpoints=checkpoints,
-            total_steps=total_steps, resume_path=resume_path,
+            cfg, tokenizer=data.tokenizer, train_loader=data.train_loader, val_loader=data.val_loader, actor=actor,
+            critic=critic, reward_model=reward_model, use_ref=use_ref, reward_fn=data.reward_fn, tracker=tracker,
+            checkpoints=checkpoints, total_steps=total_steps, resume_path=resume_path,
         ).fit()
     except WorkerGroupError as exc:
         latest = checkpoints.latest()
@@ -213,7 +250,8 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val
             f"from it (trainer.resume_mode=auto)"
         ) from exc
     finally:
-        tracker.finish()
+        if tracker is not None:
+            tracker.finish()
         for group in (reward_model, critic, actor):
             if group is not None:
                 group.shutdown()
@@ -222,18 +260,34 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, *, tokenizer, train_loader, val
         ray.shutdown()
 
 
-def ray_address(cfg: DictConfig) -> str | None:
-    """The Ray cluster to join: ray_kwargs.ray_init.address, else RAY_ADDRESS; None = start a local Ray (also when
-    the key is "local", whatever RAY_ADDRESS says)."""
-    key = cfg.ray_kwargs.ray_init.get("address")
-    if key:
-        return None if key == "local" else str(key)
-    return os.environ.get("RAY_ADDRESS") or None
+def spawn_groups(cfg: DictConfig, pool, classes: tuple[type, type, type], worker_config: dict) -> tuple:
+    """(actor, critic or None, reward model or None) worker groups on `pool`, each process of a bundle taking an
+    equal share of its CPUs / GPU; their models load later (init_model)."""
+    from rl_trainer.distributed import WorkerGroup
+
+    actor_cls, critic_cls, reward_model_cls = classes
+    share = 1.0 / (1 + bool(cfg.critic.enable) + bool(cfg.reward_model.enable))
+    actor = WorkerGroup("actor_rollout_ref", actor_cls, pool, worker_config, share=share)
+    critic = WorkerGroup("critic", critic_cls, pool, worker_config, share=share) if cfg.critic.enable else None
+    reward_model = (WorkerGroup("reward_model", reward_model_cls, pool, worker_config, share=share)
+                    if cfg.reward_model.enable else None)
+    return actor, critic, reward_model
+
+
+def worker_classes() -> tuple[type, type, type]:
+    """The worker groups' classes (actor + rollout + reference, critic, reward model)."""
+    from rl_trainer.workers.actor import ActorRolloutRefWorker
+    from rl_trainer.workers.critic import CriticWorker
+    from rl_trainer.workers.reward_model import RewardModelWorker
+
+    return ActorRolloutRefWorker, CriticWorker, RewardModelWorker
 
 
 def check_local_resources(cfg: DictConfig) -> None:
     """Without a Ray cluster to join (ray_kwargs.ray_init.address or RAY_ADDRESS), the workers must fit on this
     machine: say so before starting Ray."""
+    from rl_trainer.config import ray_address
+
     if ray_address(cfg):
         return  # the resource pool checks the cluster's nodes once connected
     t = cfg.trainer
@@ -271,6 +325,8 @@ def quiet_libraries() -> None:
 
 def _init_ray(cfg: DictConfig) -> None:
     import ray
+
+    from rl_trainer.config import ray_address
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():

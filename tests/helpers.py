@@ -183,7 +183,10 @@ def worker_config(model_dir, workers: int, micro, extra=()) -> dict:
             f"critic.ppo_micro_batch_size_per_gpu={micro}", "actor_rollout_ref.actor.use_kl_loss=true",
             "actor_rollout_ref.actor.optim.lr=1e-4", "critic.optim.lr=1e-4", f"trainer.n_gpus_per_node={workers}",
             "data.max_response_length=6", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", *extra,
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+            # The worker tests hand update_actor batches with their own old_log_probs (the on-policy default would
+            # take the update's forward instead).
+            "actor_rollout_ref.actor.recompute_old_log_prob=true", *extra,
         ])
     validate_config(cfg)
     return OmegaConf.to_container(cfg, resolve=True)
@@ -314,13 +317,15 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
 
 
 def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
-    """What `python -m rl_trainer.main OVERRIDES` stops with before it starts Ray, run in this process.
+    """What `python -m rl_trainer.main OVERRIDES` stops with at start-up, before any worker loads a model, run in
+    this process.
 
     The same code path as the CLI: Hydra composes configs/ppo_trainer.yaml with the overrides (`hydra.*` ones only
-    place the run directory, passed here as `run_dir`), then rl_trainer.main.run checks the config, resources,
-    checkpoints, model, reward function and datasets. A case that gets as far as starting Ray is a failure (it would
-    train); main.main prints the exception as the one stderr line `error: <message>` and exits 2 for a UserError
-    (shown by the true CLI runs in tests/test_bad_input.py). Saves an interpreter start and its imports (~10 s).
+    place the run directory; `run_dir` is unused), then rl_trainer.main's config stage (check_config: the config,
+    resources, checkpoints) and input stage (load_inputs: model, tokenizer, reward function, datasets; the CLI runs
+    it beside Ray's start). A case that gets through both is a failure (it would train); main.main prints the
+    exception as the one stderr line `error: <message>` and exits 2 for a UserError (shown by the true CLI runs in
+    tests/test_bad_input.py). Saves an interpreter start, Ray and its imports (~10 s).
     """
     from hydra import compose, initialize_config_dir
 
@@ -329,17 +334,9 @@ def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
     task = [o for o in overrides if not o.startswith("hydra.")]
     with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
         cfg = compose("ppo_trainer", overrides=task)
-
-    def tripwire(cfg) -> None:
-        raise AssertionError("the config stage let this command line through: main would start Ray and train")
-
-    real, cli._init_ray = cli._init_ray, tripwire
     try:
-        cli.run(cfg, run_dir, task)
+        cli.check_config(cfg, task)
+        cli.load_inputs(cfg)
     except Exception as exc:  # noqa: BLE001 - the caller asserts the type (a bug is not a UserError)
-        if isinstance(exc, AssertionError):
-            raise
         return exc
-    finally:
-        cli._init_ray = real
-    raise AssertionError("rl_trainer.main.run returned without an error")
+    raise AssertionError("the config and input stages let this command line through: main would train")

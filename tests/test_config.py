@@ -5,6 +5,8 @@ run checks what only a run shows (the small run, critic_warmup, rollout.response
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -40,23 +42,59 @@ def refusal(overrides: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------------ batch arithmetic
 def test_default_batch_plan():
-    # 8 prompts x n=4 = 32 sequences over 2 workers: 16 per worker; the actor mini-batch is all 8 prompts.
+    # 8 prompts x n=4 = 32 sequences on the one default worker; the actor mini-batch is all 8 prompts.
     plan, _ = validated([])
+    assert (plan.world_size, plan.n, plan.train_sequences, plan.actor_mini_sequences_per_worker) == (1, 4, 32, 32)
+    # Over 2 workers: 16 per worker.
+    plan, _ = validated(["trainer.n_gpus_per_node=2"])
     assert (plan.world_size, plan.n, plan.train_sequences, plan.actor_mini_sequences_per_worker) == (2, 4, 32, 16)
+
+
+@pytest.mark.parametrize("overrides, cpus, expected", [
+    ([], 2, 2),                                     # one worker takes this machine's 2 CPUs
+    (["trainer.n_gpus_per_node=2"], 2, 1),          # 2 workers share them: one CPU each
+    (["trainer.n_gpus_per_node=4"], 10, 2),         # 10 // 4
+    (["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=6"], 2, 3),  # Ray's CPUs, not os.cpu_count()
+    (["trainer.cpus_per_worker=1"], 2, 1),          # given: kept
+    (["ray_kwargs.ray_init.address=10.0.0.1:6379"], 2, 1),  # a cluster: 1 per worker, as verl reserves
+])
+def test_cpus_per_worker_default_shares_the_machine(monkeypatch, overrides, cpus, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _, cfg = validated(overrides)
+    assert cfg.trainer.cpus_per_worker == expected
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], False),                                                      # one epoch, one mini-batch: on-policy
+    (["actor_rollout_ref.actor.ppo_epochs=2"], True),
+    (["actor_rollout_ref.actor.ppo_mini_batch_size=4"], True),         # 2 mini-batches of 4 of the 8 prompts
+    (["algorithm.use_kl_in_reward=true", "actor_rollout_ref.actor.use_kl_loss=false"], True),
+    (["algorithm.rollout_correction.rollout_is=token"], True),         # compares old_log_prob with the rollout's
+    (["algorithm.adv_estimator=optimal_token_baseline"], True),        # reads sum_pi_squared before the update
+    (["algorithm.adv_estimator=gae", "trainer.critic_warmup=2"], True),  # step 1 updates only the critic
+    (["actor_rollout_ref.actor.recompute_old_log_prob=true"], True),   # given: kept
+])
+def test_recompute_old_log_prob_default_skips_the_pass_when_on_policy(overrides, expected):
+    _, cfg = validated(overrides)
+    assert cfg.actor_rollout_ref.actor.recompute_old_log_prob is expected
 
 
 @pytest.mark.parametrize("overrides, expected", [
     (["data.train_batch_size=6"],  # 6 % 8 != 0
      "data.train_batch_size=6 is not divisible by actor_rollout_ref.actor.ppo_mini_batch_size=8; use a mini-batch "
      "size that divides 6"),
-    (["data.train_batch_size=3", "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=3"],
+    (["data.train_batch_size=3", "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=3",
+      "trainer.n_gpus_per_node=2"],
      "data.train_batch_size * rollout.n = 3 * 1 = 3 sequences cannot be split over 2 workers"),
-    (["actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1"],  # 1 prompt x 1 over 2
+    (["actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1", "trainer.n_gpus_per_node=2"],
+     # 1 prompt x 1 over 2
      "actor_rollout_ref.actor.ppo_mini_batch_size * rollout.n = 1 * 1 = 1 sequences cannot be split over 2 workers"),
-    (["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"],  # 8 * 4 / 2 = 16 per worker, 16 % 3 != 0
+    (["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3", "trainer.n_gpus_per_node=2"],
+     # 8 * 4 / 2 = 16 per worker, 16 % 3 != 0
      "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3 does not divide the 16 sequences per worker of an actor "
      "mini-batch (ppo_mini_batch_size * n / workers = 8 * 4 / 2); use a divisor of 16"),
-    (["algorithm.adv_estimator=gae", "critic.ppo_micro_batch_size_per_gpu=5"],
+    (["algorithm.adv_estimator=gae", "critic.ppo_micro_batch_size_per_gpu=5", "trainer.n_gpus_per_node=2"],
      "critic.ppo_micro_batch_size_per_gpu=5 does not divide the 16 sequences per worker of a critic mini-batch "
      "(8 * 4 / 2)"),
     (["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=0"],

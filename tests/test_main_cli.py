@@ -16,7 +16,7 @@ ALWAYS = [
     "actor/pg_loss", "actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl", "actor/entropy",
     "actor/grad_norm", "actor/lr",
     *(f"{group}/{stat}" for group in ("response_length", "prompt_length") for stat in ("mean", "max", "min", "clip_ratio")),
-    *(f"timing_s/{stage}" for stage in ("gen", "reward", "old_log_prob", "adv", "update_actor", "step")),
+    *(f"timing_s/{stage}" for stage in ("gen", "reward", "adv", "update_actor", "step")),
     "perf/total_num_tokens", "perf/throughput", "training/global_step", "training/epoch",
 ]
 CRITIC = [*(f"critic/values/{stat}" for stat in ("mean", "max", "min")), "critic/vf_loss", "critic/vf_clipfrac",
@@ -52,6 +52,7 @@ def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_m
                   last_step_only=("timing_s/testing", "timing_s/save_checkpoint", "val-core/openai/gsm8k/reward/mean@1"))
     assert steps[1]["critic/advantages/max"] > 0  # the custom reward gives GRPO something to learn from
     assert "critic/vf_loss" not in steps[1]  # no critic for GRPO
+    assert "timing_s/old_log_prob" not in steps[1]  # on-policy: the update's forward gives old_log_prob (the default)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,7 +80,7 @@ def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward,
     )
     assert_ok(proc)
     steps = read_steps(tmp_path / "run")
-    check_metrics(steps, ALWAYS + CRITIC)
+    check_metrics(steps, ALWAYS + CRITIC + ["timing_s/old_log_prob"])  # two epochs: the pass runs
     assert steps[2]["critic/vf_loss"] > 0
 
 
@@ -101,7 +102,7 @@ def test_guide_command_lines(tiny_models, gsm8k_dir, length_reward, tmp_path, sh
                    env=shared_ray)
     assert_ok(proc)
     steps = read_steps(tmp_path / "run")
-    check_metrics(steps, ALWAYS + ["actor/reward_kl_penalty", "actor/pg_loss"])
+    check_metrics(steps, ALWAYS + ["actor/reward_kl_penalty", "actor/pg_loss", "timing_s/old_log_prob"])  # KL in reward
 
 
 def test_default_run_with_no_arguments(tmp_path):

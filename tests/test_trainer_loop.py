@@ -18,11 +18,11 @@ def phases(calls: list[tuple[str, str, str]]) -> list[str]:
 
 
 @pytest.mark.parametrize("extra, expected", [
-    pytest.param(["actor_rollout_ref.actor.use_kl_loss=true"],
+    pytest.param(["actor_rollout_ref.actor.use_kl_loss=true", "actor_rollout_ref.actor.recompute_old_log_prob=true"],
                  ["generate_sequences", "compute_log_prob", "compute_ref_log_prob", "update_actor"], id="grpo-kl-loss"),
-    # On-policy: the update's own forward stands in for old log-probs, and no KL term needs the reference.
-    pytest.param(["actor_rollout_ref.actor.recompute_old_log_prob=false"],
-                 ["generate_sequences", "update_actor"], id="grpo-on-policy"),
+    # On-policy (the default recompute_old_log_prob=null decides): the update's own forward stands in for old
+    # log-probs, and no KL term needs the reference.
+    pytest.param([], ["generate_sequences", "update_actor"], id="grpo-on-policy"),
     pytest.param(["algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=true"],
                  ["generate_sequences", "compute_log_prob", "compute_ref_log_prob", "compute_values", "update_critic",
                   "update_actor"], id="gae-critic-kl-in-reward"),

@@ -143,7 +143,6 @@ class WorkerGroup:
         self.world_size = pool.world_size
         remote_cls = ray.remote(worker_cls)
         threads = max(1, int(pool.cpus_per_worker))
-        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         self.workers = []
         for rank in range(self.world_size):
             pg, index = pool.bundle(rank)
@@ -152,8 +151,7 @@ class WorkerGroup:
                 num_gpus=share if pool.device == "cuda" else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
                 name=f"{name}_rank{rank}_{id(self):x}",
-                runtime_env={"env_vars": env},
-                max_concurrency=1,
+                max_concurrency=1,  # no runtime_env: a worker Ray started in advance can host the actor at once
             )
             self.workers.append(remote_cls.options(**options).remote(config, rank, self.world_size, pool.device, threads))
         master_addr, master_port = self._get([self.workers[0].master_address.remote()])[0]

@@ -85,7 +85,7 @@ STANDARD_WORKLOAD = (
 # skipping padding columns, are always on).
 OPTIMISATIONS = {
     "actor_rollout_ref.model.share_prompt_prefix": ("true", "false"),
-    "actor_rollout_ref.actor.recompute_old_log_prob": ("false", "true"),
+    "actor_rollout_ref.actor.recompute_old_log_prob": ("null", "true"),  # null: the default, false when on-policy
     "actor_rollout_ref.rollout.native_decode": ("null", "false"),
 }
 PHASES = ("gen", "reward", "old_log_prob", "ref", "adv", "update_actor")

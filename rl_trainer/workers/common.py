@@ -32,9 +32,9 @@ class WorkerBase:
     def __init__(self, config: dict, rank: int, world_size: int, device: str, threads: int):
         self.config: DictConfig = OmegaConf.create(config)
         self.rank, self.world_size, self.device_type, self.threads = rank, world_size, device, threads
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before any tokenizer runs: no fork warnings, no oversubscription
         if device == "cpu":
-            # OMP/MKL thread counts come from the actor's runtime_env (they must be set before torch is imported).
-            torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # torch's OpenMP and MKL pools alike
         self.device: torch.device | None = None
         quiet_worker_console(rank)
 

@@ -131,7 +131,8 @@ def test_slots_are_counted_per_node_not_over_the_cluster():
 def test_the_config_key_wins_over_ray_address_and_skips_the_local_checks(monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from rl_trainer.main import check_local_resources, ray_address
+    from rl_trainer.config import ray_address
+    from rl_trainer.main import check_local_resources
 
     def cfg(*overrides):
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):

@@ -1,4 +1,4 @@
-"""The LR schedule (rl_trainer.workers.fsdp.build_lr_scheduler): warm-up, constant, cosine with min-lr, as verl 0.9.1.
+"""The LR schedule (rl_trainer.workers.lr_schedule.build_lr_scheduler): warm-up, constant, cosine with min-lr, as verl 0.9.1.
 
 The optimizer's lr is 1.0, so the scheduled lr at each step is the schedule's factor itself.
 """
@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rl_trainer.errors import UserError
-from rl_trainer.workers.fsdp import build_lr_scheduler, lr_schedule_settings
+from rl_trainer.workers.lr_schedule import build_lr_scheduler, lr_schedule_settings
 
 
 def _optim(**overrides):
