@@ -39,7 +39,8 @@ def test_metric_values_read_scores_or_a_reward_key():
      "reward_model.reward_manager=dapo, which reports acc"),
     (["algorithm.filter_groups.metric=seq_final_reward", "algorithm.use_kl_in_reward=true"],
      "algorithm.filter_groups.metric=seq_final_reward with algorithm.use_kl_in_reward=true"),
-    (["data.gen_batch_size=9"], "data.gen_batch_size * rollout.n = 9 sequences cannot be split over 2 workers"),
+    (["data.gen_batch_size=9", "trainer.n_gpus_per_node=2"],
+     "data.gen_batch_size * rollout.n = 9 sequences cannot be split over 2 workers"),
     (["algorithm.filter_groups.max_inflight_gen_batches=2"],
      "algorithm.filter_groups.max_inflight_gen_batches=2: rl_trainer does not implement concurrent DAPO generation"),
 ])

@@ -162,18 +162,18 @@ def test_older_spellings():
 def test_deprecated_global_micro_batch_sizes():
     # 2 workers (trainer.n_gpus_per_node=2): a global 16 is 8 per worker, as verl's FSDP workers divided it.
     cfg = checked(["actor_rollout_ref.actor.ppo_micro_batch_size=16", "actor_rollout_ref.rollout.log_prob_micro_batch_size=8",
-                   "actor_rollout_ref.ref.log_prob_micro_batch_size=4"])
+                   "actor_rollout_ref.ref.log_prob_micro_batch_size=4", "trainer.n_gpus_per_node=2"])
     arr = cfg.actor_rollout_ref
     assert (arr.actor.ppo_micro_batch_size_per_gpu, arr.rollout.log_prob_micro_batch_size_per_gpu,
             arr.ref.log_prob_micro_batch_size_per_gpu) == (8, 4, 2)
-    cfg = checked(["algorithm.adv_estimator=gae", "critic.ppo_micro_batch_size=8"])
+    cfg = checked(["algorithm.adv_estimator=gae", "critic.ppo_micro_batch_size=8", "trainer.n_gpus_per_node=2"])
     # critic.forward_micro_batch_size follows critic.ppo_micro_batch_size (verl's default), so both are 4 per worker
     assert (cfg.critic.ppo_micro_batch_size_per_gpu, cfg.critic.forward_micro_batch_size_per_gpu) == (4, 4)
     with pytest.raises(UserError, match="are both set; remove actor_rollout_ref.actor.ppo_micro_batch_size"):
         checked(["actor_rollout_ref.actor.ppo_micro_batch_size=16", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"])
     checked(["actor_rollout_ref.actor.ppo_micro_batch_size=16", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"])
     with pytest.raises(UserError, match="must be an integer >= 2"):
-        checked(["actor_rollout_ref.actor.ppo_micro_batch_size=1"])
+        checked(["actor_rollout_ref.actor.ppo_micro_batch_size=1", "trainer.n_gpus_per_node=2"])
 
 
 def test_megatron_keys_compose_under_the_megatron_config():

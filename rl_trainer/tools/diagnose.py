@@ -47,7 +47,7 @@ def ray_status(cfg: DictConfig | None) -> dict[str, str]:
     RAY_ADDRESS (rl_trainer.main.ray_address decides, so the two never disagree)."""
     if cfg is None:
         return {"ray": "not checked: the config did not compose (see [config])"}
-    from rl_trainer.main import ray_address
+    from rl_trainer.config import ray_address
 
     address = ray_address(cfg)
     if not address:

@@ -21,7 +21,7 @@ def diagnose(*overrides: str, env: dict | None = None, returncode: int = 0) -> s
 
 
 def test_reports_versions_devices_and_batch_arithmetic():
-    out = diagnose("data.train_batch_size=16", "actor_rollout_ref.actor.ppo_mini_batch_size=4")
+    out = diagnose("data.train_batch_size=16", "actor_rollout_ref.actor.ppo_mini_batch_size=4", "trainer.n_gpus_per_node=2")
     for section in ("[versions]", "[devices]", "[ray]", "[config]"):
         assert section in out
     assert "torch: 2." in out and "transformers: " in out and "vllm: " in out
