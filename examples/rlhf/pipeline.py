@@ -50,9 +50,9 @@ def sft(out: Path, data: dict, steps: int) -> Path:
     return out / "sft" / f"global_step_{steps}" / "hf_model"
 
 
-def pairs(out: Path, sft_model: Path) -> dict[str, Path]:
-    prompts = digit_sort.prompt_splits()["train"]
-    samples = digit_sort.sample_responses(sft_model, prompts, 8, 1.0, batch=512)
+def pairs(out: Path, sft_model: Path, prompt_count: int) -> dict[str, Path]:
+    prompts = digit_sort.prompt_splits(train=prompt_count)["train"]
+    samples = digit_sort.sample_responses(sft_model, prompts, 8, 1.0, batch=1024)
     cut = int(0.8 * len(prompts))
     paths = {}
     for split, rows in (("train", digit_sort.preference_pairs(prompts[:cut], samples[:cut], 6)),
@@ -63,10 +63,10 @@ def pairs(out: Path, sft_model: Path) -> dict[str, Path]:
     return paths
 
 
-def reward_model(out: Path, sft_model: Path, pair_files: dict, epochs: int) -> tuple[Path, float]:
+def reward_model(out: Path, pair_files: dict, epochs: int) -> tuple[Path, float]:
     sh("rl_trainer.rm", [f"data.train_files={pair_files['train']}", f"data.val_files={pair_files['val']}",
-                         f"model.path={sft_model}", "data.train_batch_size=64", "data.micro_batch_size_per_gpu=64",
-                         "data.max_length=16", "optim.lr=1e-3", f"trainer.total_epochs={epochs}", "trainer.logger=[]",
+                         "model.path=builtin:tiny-sort-rm", "data.train_batch_size=64", "data.micro_batch_size_per_gpu=64",
+                         "data.max_length=16", "optim.lr=5e-4", f"trainer.total_epochs={epochs}", "trainer.logger=[]",
                          "trainer.resume_mode=disable", f"trainer.default_local_dir={out}/rm"], out / "rm.log")
     last = read_metrics(out / "rm")[-1]
     return out / "rm" / f"global_step_{last['step']}" / "hf_model", last["val/accuracy"]
@@ -92,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--sft-steps", type=int, default=150)
-    parser.add_argument("--rm-epochs", type=int, default=4)
+    parser.add_argument("--pair-prompts", type=int, default=8000)
+    parser.add_argument("--rm-epochs", type=int, default=3)
     parser.add_argument("--rl-steps", type=int, default=30)
     args = parser.parse_args()
     out = args.out.absolute()
@@ -109,9 +110,9 @@ def main() -> None:
     sft_model = sft(out, data, args.sft_steps)
     table["sft/test_accuracy"] = greedy_accuracy(sft_model, test)
     stage("sft")
-    pair_files = pairs(out, sft_model)
+    pair_files = pairs(out, sft_model, args.pair_prompts)
     stage("pairs")
-    rm_model, table["rm/heldout_pairwise_accuracy"] = reward_model(out, sft_model, pair_files, args.rm_epochs)
+    rm_model, table["rm/heldout_pairwise_accuracy"] = reward_model(out, pair_files, args.rm_epochs)
     stage("rm")
     rl_model = rl(out, data, sft_model, rm_model, args.rl_steps)
     table["rl/test_accuracy_before"] = table["sft/test_accuracy"]
