@@ -76,12 +76,12 @@ def rl(out: Path, data: dict, sft_model: Path, rm_model: Path, steps: int) -> Pa
     sh("rl_trainer.main", [
         f"actor_rollout_ref.model.path={sft_model}", f"data.train_files={data['rl_train']}",
         f"data.val_files={data['rl_test']}", "data.val_max_samples=-1", "data.max_prompt_length=8",
-        "data.max_response_length=8", "data.train_batch_size=16", "actor_rollout_ref.rollout.n=8",
+        "data.max_response_length=8", "data.train_batch_size=64", "actor_rollout_ref.rollout.n=8",
         "actor_rollout_ref.actor.ppo_mini_batch_size=16", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=64", "actor_rollout_ref.actor.optim.lr=3e-4",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=64", "actor_rollout_ref.actor.optim.lr=5e-4",
         "reward_model.enable=true", f"reward_model.model.path={rm_model}", "reward_model.micro_batch_size_per_gpu=64",
-        f"trainer.total_training_steps={steps}", "trainer.total_epochs=100", f"trainer.test_freq={steps}",
+        f"trainer.total_training_steps={steps}", "trainer.total_epochs=100", "trainer.test_freq=5",
         f"trainer.save_freq={steps}", "trainer.val_before_train=true", "trainer.logger=[console]",
         "trainer.resume_mode=disable", f"trainer.default_local_dir={out}/rl", f"hydra.run.dir={out}/rl_run"],
         out / "rl.log")
@@ -91,10 +91,10 @@ def rl(out: Path, data: dict, sft_model: Path, rm_model: Path, steps: int) -> Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--sft-steps", type=int, default=150)
+    parser.add_argument("--sft-steps", type=int, default=25)
     parser.add_argument("--pair-prompts", type=int, default=8000)
-    parser.add_argument("--rm-epochs", type=int, default=3)
-    parser.add_argument("--rl-steps", type=int, default=30)
+    parser.add_argument("--rm-epochs", type=int, default=2)
+    parser.add_argument("--rl-steps", type=int, default=20)
     args = parser.parse_args()
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)

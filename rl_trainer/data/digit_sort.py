@@ -1,8 +1,8 @@
 """digit-sort: the task that shows the whole RLHF pipeline (SFT -> reward model -> RL) on a CPU.
 
-Each prompt is a row of 2 to 6 digits; the answer is the same digits in ascending order, so responses are several
-tokens long and their length varies with the prompt (sequence-level effects, such as stopping at the right place,
-matter):
+Each prompt is a row of 2 to 6 distinct digits; the answer is the same digits in ascending order, so responses are
+several tokens long and their length varies with the prompt (sequence-level effects, such as stopping at the right
+place, matter):
 
     prompt "3142"  ->  chat template "3142="  ->  answer "1234" + EOS
     prompt "907"   ->  "907="                 ->  answer "079" + EOS
@@ -45,12 +45,14 @@ def answer(prompt: str) -> str:
 
 
 def draw_prompts(count: int, seed: int) -> list[str]:
-    """`count` distinct prompts of MIN_DIGITS..MAX_DIGITS digits (lengths uniform), in a fixed order for `seed`."""
+    """`count` distinct prompts of MIN_DIGITS..MAX_DIGITS distinct digits (lengths uniform), in a fixed order for
+    `seed`. Distinct digits: with repeats allowed, most wrong answers drop or repeat a duplicate, which the pipeline's
+    models learn slowly (docs/rlhf.md: the reward model stayed under 85 % pairwise accuracy and RL had no room)."""
     rng = np.random.default_rng(seed)
     seen: dict[str, None] = {}
     while len(seen) < count:
         length = int(rng.integers(MIN_DIGITS, MAX_DIGITS + 1))
-        seen.setdefault("".join(str(d) for d in rng.integers(0, 10, length)), None)
+        seen.setdefault("".join(str(d) for d in rng.choice(10, length, replace=False)), None)
     return list(seen)
 
 
