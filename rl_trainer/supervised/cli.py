@@ -17,6 +17,8 @@ from rl_trainer.errors import UserError
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent.parent / "configs")
 # Keys the older fsdp_sft_trainer command line adds with `+` (so they must not be declared in the YAML).
 ADDED_KEYS = {"sft_trainer": ("data.prompt_dict_keys", "data.response_dict_keys")}
+# The older fsdp_sft_trainer's optim spellings and verl 0.9.1's names of the same settings.
+LEGACY_OPTIM = {"warmup_steps_ratio": "lr_warmup_steps_ratio", "lr_scheduler": "lr_scheduler_type"}
 # Sections whose sub-keys are free-form (passed through to a library).
 FREE_FORM = ("model.override_config", "data.apply_chat_template_kwargs")
 
@@ -48,6 +50,32 @@ def check_keys(cfg: DictConfig, name: str) -> None:
             raise UserError(f"{key}={value} must be a list of keys, e.g. +{key}=['question']")
 
 
+def apply_legacy_optim(cfg: DictConfig, name: str) -> None:
+    """The older fsdp_sft_trainer's `optim.warmup_steps_ratio` / `optim.lr_scheduler` set verl 0.9.1's
+    `optim.lr_warmup_steps_ratio` / `optim.lr_scheduler_type` (the same warm-up int(ratio x total steps) and the same
+    schedules); the two spellings at different values, where the newer one is not at its default, are refused."""
+    from rl_trainer.workers.fsdp import LR_SCHEDULER_TYPES
+
+    declared = OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml").optim
+    for old, new in LEGACY_OPTIM.items():
+        value = cfg.optim[old]
+        if value is None:
+            continue
+        if old == "lr_scheduler" and value not in LR_SCHEDULER_TYPES:
+            raise UserError(f"optim.lr_scheduler={value} is not a learning-rate schedule of rl_trainer; use one of "
+                            f"{list(LR_SCHEDULER_TYPES)} (verl's fsdp_sft_trainer also had wsd, not offered)")
+        if old == "warmup_steps_ratio" and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise UserError(f"optim.warmup_steps_ratio={value} must be a fraction of the total steps in [0, 1]")
+        newer = [(new, cfg.optim[new], declared[new])]
+        if old == "lr_scheduler":
+            newer.append(("warmup_style", cfg.optim.warmup_style, None))  # it would override lr_scheduler_type
+        for key, current, default in newer:
+            if current != default and current != value:
+                raise UserError(f"optim.{old}={value} and optim.{key}={current} disagree (an older and a newer name "
+                                f"of one setting); set only optim.{new}")
+        cfg.optim[new] = value
+
+
 def load_tokenizer(cfg: DictConfig, model_path: str) -> Any:
     from rl_trainer.workers.loading import load_tokenizer as load
 
@@ -70,6 +98,7 @@ def prepare(cfg: DictConfig, name: str, task: Any) -> tuple[str, Any, list, list
     from rl_trainer.supervised import loop
 
     check_keys(cfg, name)
+    apply_legacy_optim(cfg, name)
     loop.check_contents(cfg)
     loop.check_batching(cfg)
     path, key = loop.resolve_model_key(cfg)

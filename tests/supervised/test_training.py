@@ -109,29 +109,48 @@ def test_sft_older_spelling_on_gsm8k(gsm8k_dir, tiny_models, tmp_path):
     AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "global_step_2" / "hf_model")
 
 
-def test_reward_model_export_scores_as_in_training(sort_data, sft_run, tmp_path):
+@pytest.fixture(scope="module")
+def rm_pairs(tmp_path_factory) -> Path:
+    """32 training and 16 validation pairs (string responses): the sorted digits over the prompt as written."""
     import datasets
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rl_trainer.data.digit_sort import prompt_splits
-    from rl_trainer.supervised import data as sdata
-    from rl_trainer.supervised.tasks import RewardModelTask
 
+    out = tmp_path_factory.mktemp("rm_pairs")
     prompts = prompt_splits()["train"][:48]
     rows = [{"prompt": p, "chosen": "".join(sorted(p)), "rejected": p if p != "".join(sorted(p)) else p + p[0]}
             for p in prompts]
-    datasets.Dataset.from_list(rows[:32]).to_parquet(tmp_path / "pairs.parquet")
-    datasets.Dataset.from_list(rows[32:]).to_parquet(tmp_path / "val.parquet")
-    proc = run("rl_trainer.rm", [f"data.train_files={tmp_path}/pairs.parquet", f"data.val_files={tmp_path}/val.parquet",
-                                 f"model.path={sft_run}/global_step_8/hf_model", "data.train_batch_size=16",
-                                 "data.micro_batch_size_per_gpu=4", "data.max_length=16", "trainer.total_epochs=2",
-                                 "trainer.logger=[]", f"trainer.default_local_dir={tmp_path}/rm"], tmp_path)
+    datasets.Dataset.from_list(rows[:32]).to_parquet(out / "pairs.parquet")
+    datasets.Dataset.from_list(rows[32:]).to_parquet(out / "val.parquet")
+    return out
+
+
+def rm_args(rm_pairs: Path, sft_run: Path, out: Path) -> list[str]:
+    return [f"data.train_files={rm_pairs}/pairs.parquet", f"data.val_files={rm_pairs}/val.parquet",
+            f"model.path={sft_run}/global_step_8/hf_model", "data.train_batch_size=16", "data.micro_batch_size_per_gpu=4",
+            "data.max_length=16", "trainer.total_epochs=2", "trainer.logger=[]", f"trainer.default_local_dir={out}"]
+
+
+@pytest.fixture(scope="module")
+def rm_run(rm_pairs, sft_run, tmp_path_factory) -> Path:
+    """4 steps (32 pairs / 16 per step x 2 epochs), one process, from the SFT run's export."""
+    out = tmp_path_factory.mktemp("rm_one_rank")
+    proc = run("rl_trainer.rm", rm_args(rm_pairs, sft_run, out), out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = read_metrics(tmp_path / "rm")[-1]
-    export = tmp_path / "rm" / "global_step_4" / "hf_model"  # 32 pairs / 16 per step x 2 epochs
+    return out
+
+
+def test_reward_model_export_scores_as_in_training(rm_pairs, rm_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rl_trainer.supervised import data as sdata
+    from rl_trainer.supervised.tasks import RewardModelTask
+
+    last = read_metrics(rm_run)[-1]
+    export = rm_run / "global_step_4" / "hf_model"
     model = AutoModelForSequenceClassification.from_pretrained(export).eval()
     tokenizer = AutoTokenizer.from_pretrained(export)
-    pairs = sdata.load_preference_pairs([str(tmp_path / "val.parquet")], json_section(), tokenizer, -1, "val")
+    pairs = sdata.load_preference_pairs([str(rm_pairs / "val.parquet")], json_section(), tokenizer, -1, "val")
     with torch.no_grad():
         chosen = RewardModelTask.scores(model, [p.chosen for p in pairs], tokenizer.pad_token_id, torch.device("cpu"))
         rejected = RewardModelTask.scores(model, [p.rejected for p in pairs], tokenizer.pad_token_id,
@@ -140,6 +159,24 @@ def test_reward_model_export_scores_as_in_training(sort_data, sft_run, tmp_path)
     assert last["val/chosen_reward"] == pytest.approx(chosen.mean().item(), abs=1e-5)
     assert last["val/reward_gap"] == pytest.approx((chosen - rejected).mean().item(), abs=1e-5)
     assert last["val/accuracy"] == pytest.approx((chosen > rejected).float().mean().item())
+
+
+def test_reward_model_two_ranks_equal_one(rm_pairs, sft_run, rm_run, tmp_path):
+    # torchrun x 2: each rank takes 8 of the 16 pairs of a step in 2 micro-batches of 4; the Bradley-Terry loss is
+    # normalised by the global 16 pairs, so the summed gradients, the metrics and the weights are the one-rank run's
+    proc = run("rl_trainer.rm", rm_args(rm_pairs, sft_run, tmp_path), tmp_path, torchrun=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = read_metrics(tmp_path), read_metrics(rm_run)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
+    for a, b in zip(two, one):
+        for key in ("train/loss", "train/reward_gap"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        assert a["train/accuracy"] == b["train/accuracy"]
+    for key in ("val/loss", "val/accuracy", "val/reward_gap", "val/chosen_reward"):
+        assert two[-1][key] == pytest.approx(one[-1][key], rel=1e-5, abs=1e-6), key
+    for name, tensor in hf_weights(tmp_path / "global_step_4").items():
+        # 4 Adam steps: as in the SFT test, float rounding in near-zero gradients gives weight differences ~1e-5
+        torch.testing.assert_close(tensor, hf_weights(rm_run / "global_step_4")[name], rtol=1e-3, atol=5e-5)
 
 
 def json_section():
