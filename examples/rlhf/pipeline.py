@@ -1,12 +1,15 @@
 """The classic RLHF pipeline on the digit-sort task, every stage through the project's own CLIs, and its table.
 
-    python examples/rlhf/pipeline.py OUT_DIR [--sft-steps 150] [--rm-epochs 4] [--rl-steps 30]
+    python examples/rlhf/pipeline.py OUT_DIR [--sft-steps 25] [--pair-prompts 8000] [--rm-epochs 2] [--rl-steps 20]
 
 1. data   rl_trainer.data.digit_sort: SFT demonstrations, RL prompts (train) and 200 held-out test prompts
-2. SFT    python -m rl_trainer.sft on builtin:tiny-sort (random init) -> greedy accuracy on the test prompts
-3. pairs  8 samples (temperature 1) per train prompt from the SFT model, labelled by the rule checker (synthetic
-          human feedback): (correct, wrong) pairs; the last 20 % of the prompts give the held-out pairs
-4. RM     python -m rl_trainer.rm from the SFT model -> pairwise accuracy on the held-out pairs (val/accuracy)
+2. SFT    python -m rl_trainer.sft on builtin:tiny-sort (random init), deliberately short (25 steps) so that RL has
+          room to climb -> greedy accuracy on the test prompts
+3. pairs  8 samples (temperature 1) per prompt of --pair-prompts train prompts from the SFT model, labelled by the
+          rule checker (synthetic human feedback): (correct, wrong) pairs; the last 20 % of the prompts give the
+          held-out pairs
+4. RM     python -m rl_trainer.rm on builtin:tiny-sort-rm (random init, 4x the policy's parameters: a policy-sized
+          RM did not learn the pairs, docs/rlhf.md) -> pairwise accuracy on the held-out pairs (val/accuracy)
 5. RL     python -m rl_trainer.main, GRPO with reward_model.enable=true (the RM is the only training reward; the
           rule checker only scores validation) -> greedy accuracy on the test prompts before and after
 Prints the table and writes OUT_DIR/table.json. The rule checker never rewards training.
