@@ -1,6 +1,7 @@
 """The classic RLHF pipeline on the digit-sort task, every stage through the project's own CLIs, and its table.
 
-    python examples/rlhf/pipeline.py OUT_DIR [--sft-steps 25] [--pair-prompts 8000] [--rm-epochs 2] [--rl-steps 20]
+    python examples/rlhf/pipeline.py OUT_DIR [--sft-steps 25] [--pair-prompts 8000] [--rm-model builtin:tiny-sort-rm]
+                                         [--rm-epochs 2] [--rm-lr 5e-4] [--rl-steps 20]
 
 1. data   rl_trainer.data.digit_sort: SFT demonstrations, RL prompts (train) and 200 held-out test prompts
 2. SFT    python -m rl_trainer.sft on builtin:tiny-sort (random init), deliberately short (25 steps) so that RL has
@@ -8,8 +9,9 @@
 3. pairs  8 samples (temperature 1) per prompt of --pair-prompts train prompts from the SFT model, labelled by the
           rule checker (synthetic human feedback): (correct, wrong) pairs; the last 20 % of the prompts give the
           held-out pairs
-4. RM     python -m rl_trainer.rm on builtin:tiny-sort-rm (random init, 4x the policy's parameters: a policy-sized
-          RM did not learn the pairs, docs/rlhf.md) -> pairwise accuracy on the held-out pairs (val/accuracy)
+4. RM     python -m rl_trainer.rm on builtin:tiny-sort-rm (random init, 4x the policy's parameters; --rm-model sft
+          starts from the SFT model instead: as accurate on the held-out pairs, but RL games it, docs/rlhf.md)
+          -> pairwise accuracy on the held-out pairs (val/accuracy)
 5. RL     python -m rl_trainer.main, GRPO with reward_model.enable=true (the RM is the only training reward; the
           rule checker only scores validation) -> greedy accuracy on the test prompts before and after
 Prints the table and writes OUT_DIR/table.json. The rule checker never rewards training.
@@ -66,10 +68,10 @@ def pairs(out: Path, sft_model: Path, prompt_count: int) -> dict[str, Path]:
     return paths
 
 
-def reward_model(out: Path, pair_files: dict, epochs: int) -> tuple[Path, float]:
+def reward_model(out: Path, base: str, pair_files: dict, epochs: int, lr: float) -> tuple[Path, float]:
     sh("rl_trainer.rm", [f"data.train_files={pair_files['train']}", f"data.val_files={pair_files['val']}",
-                         "model.path=builtin:tiny-sort-rm", "data.train_batch_size=64", "data.micro_batch_size_per_gpu=64",
-                         "data.max_length=16", "optim.lr=5e-4", f"trainer.total_epochs={epochs}", "trainer.logger=[]",
+                         f"model.path={base}", "data.train_batch_size=64", "data.micro_batch_size_per_gpu=64",
+                         "data.max_length=16", f"optim.lr={lr}", f"trainer.total_epochs={epochs}", "trainer.logger=[]",
                          "trainer.resume_mode=disable", f"trainer.default_local_dir={out}/rm"], out / "rm.log")
     last = read_metrics(out / "rm")[-1]
     return out / "rm" / f"global_step_{last['step']}" / "hf_model", last["val/accuracy"]
@@ -96,7 +98,10 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--sft-steps", type=int, default=25)
     parser.add_argument("--pair-prompts", type=int, default=8000)
+    parser.add_argument("--rm-model", default="builtin:tiny-sort-rm",
+                        help="the RM's starting point: a model path, builtin:<name>, or sft (the SFT model)")
     parser.add_argument("--rm-epochs", type=int, default=2)
+    parser.add_argument("--rm-lr", type=float, default=5e-4)
     parser.add_argument("--rl-steps", type=int, default=20)
     args = parser.parse_args()
     out = args.out.absolute()
@@ -115,7 +120,8 @@ def main() -> None:
     stage("sft")
     pair_files = pairs(out, sft_model, args.pair_prompts)
     stage("pairs")
-    rm_model, table["rm/heldout_pairwise_accuracy"] = reward_model(out, pair_files, args.rm_epochs)
+    rm_base = str(sft_model) if args.rm_model == "sft" else args.rm_model
+    rm_model, table["rm/heldout_pairwise_accuracy"] = reward_model(out, rm_base, pair_files, args.rm_epochs, args.rm_lr)
     stage("rm")
     rl_model = rl(out, data, sft_model, rm_model, args.rl_steps)
     table["rl/test_accuracy_before"] = table["sft/test_accuracy"]
