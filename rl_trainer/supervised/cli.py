@@ -54,7 +54,7 @@ def apply_legacy_optim(cfg: DictConfig, name: str) -> None:
     """The older fsdp_sft_trainer's `optim.warmup_steps_ratio` / `optim.lr_scheduler` set verl 0.9.1's
     `optim.lr_warmup_steps_ratio` / `optim.lr_scheduler_type` (the same warm-up int(ratio x total steps) and the same
     schedules); the two spellings at different values, where the newer one is not at its default, are refused."""
-    from rl_trainer.workers.fsdp import LR_SCHEDULER_TYPES
+    from rl_trainer.workers.lr_schedule import LR_SCHEDULER_TYPES
 
     declared = OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml").optim
     for old, new in LEGACY_OPTIM.items():

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from rl_trainer.errors import UserError
 from rl_trainer.supervised.cli import CONFIG_DIR, apply_legacy_optim
-from rl_trainer.workers.fsdp import lr_schedule_settings
+from rl_trainer.workers.lr_schedule import lr_schedule_settings
 
 
 def composed(name: str, *overrides: str):
