@@ -1,4 +1,5 @@
-"""Checks and derived values for the composed Hydra config, run once in the driver before Ray starts.
+"""Checks and derived values for the composed Hydra config, run once in the driver before Ray starts (the input
+stage, rl_trainer.main.load_inputs, calls check_lora_adapters while Ray starts).
 
 `configs/ppo_trainer.yaml` holds every default; this module never re-declares one. `validate_config` runs the
 named checks below in order, once, up front: `normalise` (verl conveniences and values derived from other keys),
@@ -536,7 +537,7 @@ def _check_lora_section(model_cfg, section: str) -> None:
 
 def check_lora_adapters(cfg: DictConfig) -> None:
     """Each lora_adapter_path is a PEFT adapter folder (checked when the run resolves its inputs, as the model and
-    data paths are, before Ray starts; whether it fits the base model is checked when the worker loads it)."""
+    data paths are, at start-up, before any worker loads a model; whether it fits the base model is checked when the worker loads it)."""
     for section in LORA_SECTIONS:
         path = OmegaConf.select(cfg, section).get("lora_adapter_path")
         if path is not None and not os.path.isfile(os.path.join(os.path.expanduser(path), "adapter_config.json")):

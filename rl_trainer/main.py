@@ -149,7 +149,7 @@ def load_inputs(cfg: DictConfig) -> Inputs:
 
 
 def reward_model_paths(cfg: DictConfig, tokenizer) -> tuple[str, str | None]:
-    """(reward model, input tokenizer or None) directories for reward_model.enable, checked before Ray starts: the
+    """(reward model, input tokenizer or None) directories for reward_model.enable, checked in the input stage: the
     folder is a one-label classifier (not a causal LM), and its tokenizer takes this run's rows."""
     from rl_trainer.models.builtin import resolve_model_path
     from rl_trainer.workers.loading import load_tokenizer, reward_model_config

@@ -123,7 +123,7 @@ class RewardModelWorker(WorkerBase):
 
 def check_reward_model_tokenizers(rm_tokenizer: Any, src_tokenizer: Any | None, policy_tokenizer: Any,
                                   model_path: str) -> None:
-    """Before Ray starts: the reward model's tokenizer can take this run's rows. With an input tokenizer, its chat
+    """At start-up (the driver's input stage, before any worker loads a model): the reward model's tokenizer can take this run's rows. With an input tokenizer, its chat
     template renders a prompt + response (the same call scoring makes); without one, it is the policy's vocabulary
     (the policy's ids are fed to the reward model as they are)."""
     if src_tokenizer is None:
