@@ -76,6 +76,22 @@ def apply_legacy_optim(cfg: DictConfig, name: str) -> None:
         cfg.optim[new] = value
 
 
+# verl 0.9.1's optimizer-choice keys and the one value of each that the supervised trainers implement.
+OPTIMIZER_CHOICE = {"optimizer": "AdamW", "optimizer_impl": "torch.optim", "zero_indexed_step": True,
+                    "override_optimizer_config": None}
+
+
+def check_optimizer_choice(cfg: DictConfig) -> None:
+    """optim.optimizer / optimizer_impl / zero_indexed_step / override_optimizer_config: torch.optim.AdamW with
+    zero-indexed scheduler steps (verl's defaults) is what the loop builds; another value is refused in one line."""
+    for key, supported in OPTIMIZER_CHOICE.items():
+        value = cfg.optim[key]
+        if value != supported:
+            raise UserError(f"optim.{key}={value} is not supported by rl_trainer's supervised trainers (they use "
+                            "torch.optim.AdamW with zero-indexed scheduler steps); remove it or set "
+                            f"optim.{key}={supported if supported is not None else 'null'}")
+
+
 def load_tokenizer(cfg: DictConfig, model_path: str) -> Any:
     from rl_trainer.workers.loading import load_tokenizer as load
 
@@ -99,6 +115,7 @@ def prepare(cfg: DictConfig, name: str, task: Any) -> tuple[str, Any, list, list
 
     check_keys(cfg, name)
     apply_legacy_optim(cfg, name)
+    check_optimizer_choice(cfg)
     loop.check_contents(cfg)
     loop.check_batching(cfg)
     path, key = loop.resolve_model_key(cfg)

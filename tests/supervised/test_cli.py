@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rl_trainer.errors import UserError
-from rl_trainer.supervised.cli import CONFIG_DIR, apply_legacy_optim
+from rl_trainer.supervised.cli import CONFIG_DIR, apply_legacy_optim, check_optimizer_choice
 from rl_trainer.workers.lr_schedule import lr_schedule_settings
 
 
@@ -46,3 +46,15 @@ def test_both_spellings_agreeing_are_accepted():
 def test_conflicting_or_unknown_older_values_are_refused(overrides, match):
     with pytest.raises(UserError, match=match):
         apply_legacy_optim(composed("sft_trainer", *overrides), "sft_trainer")
+
+
+@pytest.mark.parametrize("name", ["sft_trainer", "rm_trainer"])
+def test_verls_optimizer_choice_keys_parse_and_only_the_implemented_values_pass(name):
+    # verl 0.9.1's optim section (optim/fsdp.yaml) spelled out with its defaults: accepted as they are.
+    check_optimizer_choice(composed(name, "optim.optimizer=AdamW", "optim.optimizer_impl=torch.optim",
+                                    "optim.zero_indexed_step=true", "optim.override_optimizer_config=null"))
+    for override, fix in (("optim.optimizer=SGD", "optim.optimizer=AdamW"),
+                          ("optim.zero_indexed_step=false", "optim.zero_indexed_step=True"),
+                          ("optim.override_optimizer_config={foreach:false}", "optim.override_optimizer_config=null")):
+        with pytest.raises(UserError, match=rf"^{override.split('=')[0]}=.* is not supported .*; remove it or set {fix}$"):
+            check_optimizer_choice(composed(name, override))
