@@ -193,18 +193,15 @@ def prompt_loaders(cfg: DictConfig, tokenizer):
 
 def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: Future, checkpoints,
                  resume_path) -> None:
-    """Start (or join) Ray and spawn the worker groups while `classes` (worker_classes) and `inputs` (load_inputs)
-    are resolved in the start-up thread, then load the models, run PPOTrainer.fit, and tear everything down (also
-    when an input turns out bad). The critic and the reward model are colocated with the actor: one process of each
-    group per bundle, sharing its CPUs / GPU.
-
-    The workers are spawned with the config before the data is read; the one value the data decides, the LR
-    schedule's length (optim.total_training_steps, rl_trainer.config.fill_total_training_steps), reaches them as
-    init_model's argument. Until the input stage is done, this thread imports nothing that imports transformers."""
+    """Start (or join) Ray and spawn the worker groups (spawn_groups) while the start-up thread resolves `classes`
+    (worker_classes) and `inputs` (load_inputs), then load the models, run PPOTrainer.fit, and tear everything
+    down (also when an input turns out bad). The workers are spawned with the config before the data is read: the
+    one value the data decides, the LR schedules' length (fill_total_training_steps), reaches them in init_model.
+    Until the input stage is done, this thread imports nothing that imports transformers."""
     import ray
 
     from rl_trainer.checkpoint import step_of
-    from rl_trainer.config import fill_total_training_steps, needs_reference
+    from rl_trainer.config import fill_total_training_steps
     from rl_trainer.distributed import ResourcePool
 
     trainer_cfg = cfg.trainer
@@ -219,7 +216,6 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: 
         from rl_trainer.trainer import PPOTrainer
 
         total_steps = fill_total_training_steps(cfg, len(data.train_loader))
-        schedule_steps = cfg.actor_rollout_ref.actor.optim.total_training_steps
         if resume_path is not None and step_of(resume_path) >= total_steps:
             print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; "
                   "nothing to do")
@@ -232,12 +228,7 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: 
         tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, trainer_cfg.logger, run_dir,
                            OmegaConf.to_container(cfg, resolve=True))
         print(pool.describe_placement(actor.call("node_and_pid")), flush=True)
-        use_ref = needs_reference(cfg)
-        actor.call("init_model", data.model_path, schedule_steps, use_ref)
-        if critic is not None:
-            critic.call("init_model", data.critic_path, schedule_steps)
-        if reward_model is not None:
-            reward_model.call("init_model", *data.rm_paths)
+        use_ref = init_models(cfg, data, actor, critic, reward_model)
         PPOTrainer(
             cfg, tokenizer=data.tokenizer, train_loader=data.train_loader, val_loader=data.val_loader, actor=actor,
             critic=critic, reward_model=reward_model, use_ref=use_ref, reward_fn=data.reward_fn, tracker=tracker,
@@ -272,6 +263,20 @@ def spawn_groups(cfg: DictConfig, pool, classes: tuple[type, type, type], worker
     reward_model = (WorkerGroup("reward_model", reward_model_cls, pool, worker_config, share=share)
                     if cfg.reward_model.enable else None)
     return actor, critic, reward_model
+
+
+def init_models(cfg: DictConfig, data: Inputs, actor, critic, reward_model) -> bool:
+    """Every group loads its model; the LR schedules' length is the filled optim.total_training_steps. Returns
+    whether the frozen reference model runs (a KL term uses it)."""
+    from rl_trainer.config import needs_reference
+
+    use_ref = needs_reference(cfg)
+    actor.call("init_model", data.model_path, cfg.actor_rollout_ref.actor.optim.total_training_steps, use_ref)
+    if critic is not None:
+        critic.call("init_model", data.critic_path, cfg.critic.optim.total_training_steps)
+    if reward_model is not None:
+        reward_model.call("init_model", *data.rm_paths)
+    return use_ref
 
 
 def worker_classes() -> tuple[type, type, type]:
