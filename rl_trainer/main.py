@@ -15,7 +15,7 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -24,6 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from rl_trainer.errors import UserError, WorkerGroupError
 from rl_trainer.sweep import job_tag, register_resolver
+
+if TYPE_CHECKING:  # annotations only: the modules load when the stages run
+    from rl_trainer.checkpoint import CheckpointManager
+    from rl_trainer.config import BatchPlan
 
 log = logging.getLogger("rl_trainer")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -98,9 +102,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> N
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-def check_config(cfg: DictConfig, overrides: list[str] | None = None):
+def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[BatchPlan, CheckpointManager, Any]:
     """The config stage: the config alone, this machine's resources and the checkpoint to resume from. Returns
-    (rl_trainer.config.BatchPlan, CheckpointManager, resume path or None)."""
+    (the batch plan, the checkpoint manager, the checkpoint to resume from or None)."""
     from rl_trainer.checkpoint import CheckpointManager
     from rl_trainer.config import validate_config
 

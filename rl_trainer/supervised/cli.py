@@ -4,6 +4,7 @@ loop (rl_trainer.supervised.loop)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -23,6 +24,12 @@ LEGACY_OPTIM = {"warmup_steps_ratio": "lr_warmup_steps_ratio", "lr_scheduler": "
 FREE_FORM = ("model.override_config", "data.apply_chat_template_kwargs")
 
 
+@functools.lru_cache(maxsize=None)
+def declared_config(name: str) -> DictConfig:
+    """configs/<name>.yaml as shipped: its keys and defaults (read once; callers only read it)."""
+    return OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml")
+
+
 def unknown_keys(cfg: Any, declared: Any, prefix: str = "") -> list[str]:
     """Dotted keys of `cfg` that `declared` (the shipped YAML) lacks."""
     out = []
@@ -39,7 +46,7 @@ def unknown_keys(cfg: Any, declared: Any, prefix: str = "") -> list[str]:
 
 def check_keys(cfg: DictConfig, name: str) -> None:
     """A `+key` the trainer does not read is refused in one line (Hydra lets `+` add anything)."""
-    declared = OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml")
+    declared = declared_config(name)
     unknown = [k for k in unknown_keys(cfg, declared) if k not in ADDED_KEYS.get(name, ()) and k != "hydra"]
     if unknown:
         raise UserError(f"{', '.join(unknown)}: not a key of rl_trainer's {name} (configs/{name}.yaml lists them); "
@@ -56,7 +63,7 @@ def apply_legacy_optim(cfg: DictConfig, name: str) -> None:
     schedules); the two spellings at different values, where the newer one is not at its default, are refused."""
     from rl_trainer.workers.lr_schedule import LR_SCHEDULER_TYPES
 
-    declared = OmegaConf.load(Path(CONFIG_DIR) / f"{name}.yaml").optim
+    declared = declared_config(name).optim
     for old, new in LEGACY_OPTIM.items():
         value = cfg.optim[old]
         if value is None:
@@ -76,16 +83,17 @@ def apply_legacy_optim(cfg: DictConfig, name: str) -> None:
         cfg.optim[new] = value
 
 
-# verl 0.9.1's optimizer-choice keys and the one value of each that the supervised trainers implement.
-OPTIMIZER_CHOICE = {"optimizer": "AdamW", "optimizer_impl": "torch.optim", "zero_indexed_step": True,
-                    "override_optimizer_config": None}
+# verl 0.9.1's optimizer-choice keys: the supervised trainers implement only their defaults (configs/*.yaml).
+OPTIMIZER_CHOICE = ("optimizer", "optimizer_impl", "zero_indexed_step", "override_optimizer_config")
 
 
-def check_optimizer_choice(cfg: DictConfig) -> None:
+def check_optimizer_choice(cfg: DictConfig, name: str) -> None:
     """optim.optimizer / optimizer_impl / zero_indexed_step / override_optimizer_config: torch.optim.AdamW with
-    zero-indexed scheduler steps (verl's defaults) is what the loop builds; another value is refused in one line."""
-    for key, supported in OPTIMIZER_CHOICE.items():
-        value = cfg.optim[key]
+    zero-indexed scheduler steps (verl's defaults, declared in configs/<name>.yaml) is what the loop builds; another
+    value is refused in one line."""
+    declared = declared_config(name).optim
+    for key in OPTIMIZER_CHOICE:
+        value, supported = cfg.optim[key], declared[key]
         if value != supported:
             raise UserError(f"optim.{key}={value} is not supported by rl_trainer's supervised trainers (they use "
                             "torch.optim.AdamW with zero-indexed scheduler steps); remove it or set "
@@ -115,7 +123,7 @@ def prepare(cfg: DictConfig, name: str, task: Any) -> tuple[str, Any, list, list
 
     check_keys(cfg, name)
     apply_legacy_optim(cfg, name)
-    check_optimizer_choice(cfg)
+    check_optimizer_choice(cfg, name)
     loop.check_contents(cfg)
     loop.check_batching(cfg)
     path, key = loop.resolve_model_key(cfg)

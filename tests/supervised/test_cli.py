@@ -52,9 +52,9 @@ def test_conflicting_or_unknown_older_values_are_refused(overrides, match):
 def test_verls_optimizer_choice_keys_parse_and_only_the_implemented_values_pass(name):
     # verl 0.9.1's optim section (optim/fsdp.yaml) spelled out with its defaults: accepted as they are.
     check_optimizer_choice(composed(name, "optim.optimizer=AdamW", "optim.optimizer_impl=torch.optim",
-                                    "optim.zero_indexed_step=true", "optim.override_optimizer_config=null"))
+                                    "optim.zero_indexed_step=true", "optim.override_optimizer_config=null"), name)
     for override, fix in (("optim.optimizer=SGD", "optim.optimizer=AdamW"),
                           ("optim.zero_indexed_step=false", "optim.zero_indexed_step=True"),
                           ("optim.override_optimizer_config={foreach:false}", "optim.override_optimizer_config=null")):
         with pytest.raises(UserError, match=rf"^{override.split('=')[0]}=.* is not supported .*; remove it or set {fix}$"):
-            check_optimizer_choice(composed(name, override))
+            check_optimizer_choice(composed(name, override), name)
