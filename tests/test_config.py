@@ -293,7 +293,7 @@ def test_save_contents_gates_the_hf_weights(worker, contents, tmp_path):
 # --------------------------------------------------------------------------------------------- one real run
 @pytest.mark.slow
 def test_small_ppo_run_with_critic_warmup_response_length_and_no_hf_weights(tiny_models, gsm8k_dir, length_reward,
-                                                                            tmp_path):
+                                                                            tmp_path, shared_ray):
     """PPO (GAE, a critic), 4 prompts x n=2 on 2 workers with the default micro-batch keys (8 for the updates, 16
     for log-probs and values: all above the 4 sequences per worker). verl's critic_warmup=2: steps count from 1
     and the actor is updated when critic_warmup <= step, so step 1 trains only the critic and step 2 both (the
@@ -303,7 +303,7 @@ def test_small_ppo_run_with_critic_warmup_response_length_and_no_hf_weights(tiny
                  if "micro_batch_size_per_gpu" not in o and not o.startswith("actor_rollout_ref.rollout.n=")]
     overrides += ["algorithm.adv_estimator=gae", "actor_rollout_ref.rollout.n=2", "trainer.critic_warmup=2", "actor_rollout_ref.rollout.response_length=5",
                   "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra]", "trainer.save_freq=2"]
-    proc = run_cli(overrides, cwd=tmp_path)
+    proc = run_cli(overrides, cwd=tmp_path, env=shared_ray)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     steps = read_steps(tmp_path / "run")
     assert "actor/pg_loss" not in steps[1] and "actor/lr" not in steps[1] and "critic/vf_loss" in steps[1]

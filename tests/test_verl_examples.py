@@ -118,13 +118,14 @@ def test_every_example_line_validates_or_is_refused_by_feature():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", END_TO_END)
-def test_example_trains_one_step(script, tmp_path):
-    """The real CLI, one training step on 2 CPU workers, from a verl example's own overrides."""
+def test_example_trains_one_step(script, tmp_path, shared_ray):
+    """The real CLI, one training step on 2 CPU workers, from a verl example's own overrides (on the session's
+    shared Ray head: a local Ray's start is shown by the default run)."""
     from tests.helpers import run_cli
 
     line = next(line for line in LINES if line["script"] == script)
     assert classify(line["overrides"])[0] == "valid"
-    result = run_cli(line["overrides"] + [f"trainer.default_local_dir={tmp_path}/ckpt"], cwd=tmp_path)
+    result = run_cli(line["overrides"] + [f"trainer.default_local_dir={tmp_path}/ckpt"], cwd=tmp_path, env=shared_ray)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step:1" in result.stdout.replace(" ", ""), result.stdout[-2000:]
 
