@@ -108,8 +108,13 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[B
     from rl_trainer.checkpoint import CheckpointManager
     from rl_trainer.config import validate_config
 
+    from rl_trainer.data.sources import check_data_files_exist
+
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
     check_local_resources(cfg)
+    check_data_files_exist(cfg.data.train_files, "data.train_files")
+    if runs_validation(cfg):
+        check_data_files_exist(cfg.data.val_files, "data.val_files")
     trainer_cfg = cfg.trainer
     # One directory per step holds actor and critic, so the stricter of the two limits applies.
     limits = [k for k in (trainer_cfg.max_actor_ckpt_to_keep, trainer_cfg.max_critic_ckpt_to_keep) if k and k > 0]
@@ -177,7 +182,7 @@ def prompt_loaders(cfg: DictConfig, tokenizer):
     from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
     from rl_trainer.data.sources import resolve_data_files
 
-    data, trainer_cfg = cfg.data, cfg.trainer
+    data = cfg.data
 
     def dataset(files_key: str, files, max_samples: int, shuffle: bool) -> RLHFDataset:
         return RLHFDataset(
@@ -189,10 +194,16 @@ def prompt_loaders(cfg: DictConfig, tokenizer):
     train_set = dataset("data.train_files", data.train_files, data.train_max_samples, data.shuffle)
     train_loader = PromptLoader(train_set, prompts_per_generation_batch(cfg), shuffle=data.shuffle, seed=data.seed)
     val_loader = None
-    if data.val_files and (trainer_cfg.test_freq > 0 or trainer_cfg.val_before_train or trainer_cfg.val_only):
+    if runs_validation(cfg):
         val_set = dataset("data.val_files", data.val_files, data.val_max_samples, False)
         val_loader = PromptLoader(val_set, data.val_batch_size or len(val_set), shuffle=False, drop_last=False)
     return train_loader, val_loader
+
+
+def runs_validation(cfg: DictConfig) -> bool:
+    """Whether the run validates: data.val_files is set and trainer.test_freq, val_before_train or val_only asks."""
+    t = cfg.trainer
+    return bool(cfg.data.val_files) and (t.test_freq > 0 or t.val_before_train or t.val_only)
 
 
 def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: Future, checkpoints,
@@ -213,6 +224,8 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: 
     _init_ray(cfg)  # seconds of waiting for Ray's processes, while the start-up thread works
     pool = actor = critic = reward_model = tracker = None
     try:
+        if inputs.done():  # the input stage finished beside Ray's start: a bad input ends the run before any spawn
+            inputs.result()
         pool = ResourcePool(trainer_cfg.nnodes, trainer_cfg.n_gpus_per_node, trainer_cfg.device, trainer_cfg.cpus_per_worker)
         actor, critic, reward_model = spawn_groups(cfg, pool, classes.result(), worker_config)
         data: Inputs = inputs.result()  # a bad input ends the run here, before any model loads

@@ -169,6 +169,29 @@ def test_bad_input_is_one_line(case, overrides, expected, bad, tiny_models, gsm8
     assert checkpoint_fingerprint(ckpt) == before
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.train_files=/nonexistent/train.parquet"], "data file /nonexistent/train.parquet does not exist; check "
+                                                      "data.train_files"),
+    (["data.val_files=/nonexistent/val.parquet", "trainer.test_freq=1"], "check data.val_files"),
+    (["data.val_files=/nonexistent/val.parquet", "trainer.test_freq=-1", "trainer.val_before_train=false"], None),
+])
+def test_a_missing_data_file_fails_in_the_config_stage(overrides, expected, tiny_models, gsm8k_dir, tmp_path):
+    """Before Ray starts (the CLI's check_config), not after it as the input stage's reading of the files would: a
+    mistyped path fails in seconds. A validation file is checked only where the run validates."""
+    from hydra import compose, initialize_config_dir
+
+    from rl_trainer import main as cli
+
+    task = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path) if not o.startswith("hydra.")]
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
+        cfg = compose("ppo_trainer", overrides=task + overrides)
+    if expected is None:
+        cli.check_config(cfg, task + overrides)
+    else:
+        with pytest.raises(UserError, match=expected):
+            cli.check_config(cfg, task + overrides)
+
+
 # Through the real CLI: one case per stage that can refuse (data, model, local resources), and the two found while
 # training (the batch-size check's CLI run is test_overriding_critic_keys_while_the_critic_is_off_warns_in_one_line).
 CLI_CASES = [c for c in BEFORE_RAY if c[0] in {"unreadable-train-file", "no-chat-template", "more-workers-than-cpus"}]

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import ListConfig
 
 from rl_trainer.cache import cache_root
@@ -37,3 +39,14 @@ def resolve_data_files(files, key: str) -> list[str]:
         else:
             resolved.append(item)
     return resolved
+
+
+def check_data_files_exist(files, key: str) -> None:
+    """The config stage's check of `key`'s local files: a missing one fails before Ray starts, in the input stage's
+    words (reading them, and building the built-in datasets, is the input stage's work)."""
+    if files is None:
+        return  # the input stage says the key is not set
+    items = list(files) if isinstance(files, (list, tuple, ListConfig)) else [files]
+    for item in map(str, items):
+        if not item.startswith("builtin:") and not os.path.isfile(item):
+            raise UserError(f"data file {item} does not exist; check {key}")
