@@ -129,6 +129,7 @@ class Inputs:
 
     model_path: str
     critic_path: str | None
+    critic_token_ids: dict | None  # bos/eos/pad ids of critic.model.tokenizer_path, for the value model's config
     tokenizer: Any
     reward_fn: Any
     rm_paths: tuple[str, str | None] | None  # (reward model folder, its input tokenizer) with reward_model.enable
@@ -148,13 +149,25 @@ def load_inputs(cfg: DictConfig) -> Inputs:
     arr, data, seed = cfg.actor_rollout_ref, cfg.data, cfg.trainer.seed
     model_path = resolve_model_path(arr.model.path, seed=seed)
     critic_path = resolve_model_path(cfg.critic.model.path, seed=seed) if cfg.critic.enable else None
+    critic_token_ids = critic_special_tokens(cfg, critic_path) if cfg.critic.enable else None
     check_lora_adapters(cfg)
     tokenizer = load_tokenizer(resolve_model_path(data.tokenizer, seed) if data.tokenizer else model_path,
                                trust_remote_code=arr.model.trust_remote_code)
     reward_fn = get_custom_reward_fn(cfg)
     rm_paths = reward_model_paths(cfg, tokenizer) if cfg.reward_model.enable else None
     train_loader, val_loader = prompt_loaders(cfg, tokenizer)
-    return Inputs(model_path, critic_path, tokenizer, reward_fn, rm_paths, train_loader, val_loader)
+    return Inputs(model_path, critic_path, critic_token_ids, tokenizer, reward_fn, rm_paths, train_loader, val_loader)
+
+
+def critic_special_tokens(cfg: DictConfig, critic_path: str) -> dict:
+    """critic.model.tokenizer_path's bos/eos/pad token ids (null: critic.model.path's tokenizer, as in verl 0.9.1),
+    which verl's HFModelConfig writes into the value model's config."""
+    from rl_trainer.models.builtin import resolve_model_path
+    from rl_trainer.workers.loading import special_token_ids
+
+    model = cfg.critic.model
+    path = resolve_model_path(model.tokenizer_path, seed=cfg.trainer.seed) if model.tokenizer_path else critic_path
+    return special_token_ids(path, "critic.model.tokenizer_path", trust_remote_code=model.trust_remote_code)
 
 
 def reward_model_paths(cfg: DictConfig, tokenizer) -> tuple[str, str | None]:
@@ -290,7 +303,7 @@ def init_models(cfg: DictConfig, data: Inputs, actor, critic, reward_model) -> b
     use_ref = needs_reference(cfg)
     actor.call("init_model", data.model_path, cfg.actor_rollout_ref.actor.optim.total_training_steps, use_ref)
     if critic is not None:
-        critic.call("init_model", data.critic_path, cfg.critic.optim.total_training_steps)
+        critic.call("init_model", data.critic_path, cfg.critic.optim.total_training_steps, data.critic_token_ids)
     if reward_model is not None:
         reward_model.call("init_model", *data.rm_paths)
     return use_ref

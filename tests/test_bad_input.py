@@ -97,6 +97,8 @@ BEFORE_RAY = [
      "trainer.n_gpus_per_node * trainer.cpus_per_worker = 8 * 1 CPUs"),
     ("several-nodes-without-cluster", ["trainer.nnodes=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
                                        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4"], "RAY_ADDRESS"),
+    ("critic-tokenizer-missing", ["algorithm.adv_estimator=gae", "critic.model.tokenizer_path=/nonexistent/tok"],
+     "critic.model.tokenizer_path=/nonexistent/tok"),
     ("reward-file-missing", ["custom_reward_function.path=/nonexistent/reward.py"], "/nonexistent/reward.py"),
     ("reward-function-missing", ["custom_reward_function.path={bad}/raises.py", "custom_reward_function.name=score"],
      "score"),

@@ -5,6 +5,8 @@ run checks what only a run shows (the small run, critic_warmup, rollout.response
 
 from __future__ import annotations
 
+import json
+
 import os
 
 import pytest
@@ -298,11 +300,21 @@ def test_small_ppo_run_with_critic_warmup_response_length_and_no_hf_weights(tiny
     for log-probs and values: all above the 4 sequences per worker). verl's critic_warmup=2: steps count from 1
     and the actor is updated when critic_warmup <= step, so step 1 trains only the critic and step 2 both (the
     old `step > critic_warmup` had no actor update at step 2). rollout.response_length=5 caps generation below
-    data.max_response_length=16. Without hf_model the checkpoint's HF folders hold the config and no weights."""
+    data.max_response_length=16. Without hf_model the checkpoint's HF folders hold the config and no weights.
+    critic.model.tokenizer_path names a copy of the tokenizer whose pad token is id 5: the value model's config takes
+    its bos/eos/pad ids, as verl's HFModelConfig does; the actor's keeps the model's (the tokenizer's EOS)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["qwen2"])
+    eos = tokenizer.eos_token_id
+    assert eos != 5
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(5)
+    tokenizer.save_pretrained(tmp_path / "critic_tokenizer")
     overrides = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward)
                  if "micro_batch_size_per_gpu" not in o and not o.startswith("actor_rollout_ref.rollout.n=")]
     overrides += ["algorithm.adv_estimator=gae", "actor_rollout_ref.rollout.n=2", "trainer.critic_warmup=2", "actor_rollout_ref.rollout.response_length=5",
-                  "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra]", "trainer.save_freq=2"]
+                  "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra]", "trainer.save_freq=2",
+                  f"critic.model.tokenizer_path={tmp_path / 'critic_tokenizer'}"]
     proc = run_cli(overrides, cwd=tmp_path, env=shared_ray)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     steps = read_steps(tmp_path / "run")
@@ -312,3 +324,5 @@ def test_small_ppo_run_with_critic_warmup_response_length_and_no_hf_weights(tiny
     for role in ("actor", "critic"):
         hf_dir = tmp_path / "ckpt" / "global_step_2" / role / "huggingface"
         assert (hf_dir / "config.json").exists() and not list(hf_dir.glob("*.safetensors")), role
+        config = json.loads((hf_dir / "config.json").read_text())
+        assert (config["pad_token_id"], config["eos_token_id"]) == ((5 if role == "critic" else eos), eos), role

@@ -176,6 +176,23 @@ def model_paths(args: argparse.Namespace, config: dict, tmp: str) -> tuple[str, 
     return paths[0], paths[1]
 
 
+def critic_token_ids(config: dict, model_path: str, critic_path: str) -> dict:
+    """critic.model.tokenizer_path's bos/eos/pad ids for the value model's config, as the CLI's input stage reads
+    them (null: the critic's folder; the actor's model path, the default: the actor's folder, also for --shape)."""
+    from rl_trainer.models.builtin import resolve_model_path
+    from rl_trainer.workers.loading import special_token_ids
+
+    model = config["critic"]["model"]
+    tok = model["tokenizer_path"]
+    if not tok:
+        path = critic_path
+    elif tok == config["actor_rollout_ref"]["model"]["path"]:
+        path = model_path
+    else:
+        path = resolve_model_path(tok, seed=config["trainer"]["seed"])
+    return special_token_ids(path, "critic.model.tokenizer_path", trust_remote_code=model["trust_remote_code"])
+
+
 def build_groups(args: argparse.Namespace, config: dict, device: str, threads: int):
     """The actor (and critic) in-process groups of this rank, models loaded; returns (actor, critic, use_ref,
     model_path). The actor's group forms the torch.distributed group from torchrun's environment."""
@@ -192,7 +209,7 @@ def build_groups(args: argparse.Namespace, config: dict, device: str, threads: i
     with tempfile.TemporaryDirectory() as tmp:
         model_path, critic_path = model_paths(args, config, tmp)
         if critic is not None:  # first: its start-up seeds trainer.seed, the actor's then sets seed + rank
-            critic.call("init_model", critic_path, args.steps)
+            critic.call("init_model", critic_path, args.steps, critic_token_ids(config, model_path, critic_path))
         actor.call("init_model", model_path, args.steps, use_ref)
         dist.barrier()  # every rank has loaded the model before rank 0 removes a --shape model's directory
     return actor, critic, use_ref, model_path

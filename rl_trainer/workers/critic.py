@@ -26,11 +26,14 @@ def response_values(model: torch.nn.Module, batch: Batch, device: torch.device) 
 
 
 class CriticWorker(WorkerBase):
-    def init_model(self, model_path: str, total_steps: int) -> None:
+    def init_model(self, model_path: str, total_steps: int, token_ids: dict | None = None) -> None:
+        """`token_ids`: bos/eos/pad ids for the value model's config (critic.model.tokenizer_path's, read by the
+        driver's input stage); critic.model.override_config overrides them, as in verl's HFModelConfig."""
         cfg = self.config.critic
         fsdp.seed_everything(self.config.trainer.seed)  # the new value head must be identical on every rank
         model = load_value_model(
-            model_path, trust_remote_code=cfg.model.trust_remote_code, override_config=dict(cfg.model.override_config),
+            model_path, trust_remote_code=cfg.model.trust_remote_code,
+            override_config={**(token_ids or {}), **dict(cfg.model.override_config)},
             gradient_checkpointing=cfg.model.enable_gradient_checkpointing,
         )
         if lora.enabled(cfg.model):  # adapters + the value head train (rl_trainer.workers.lora)

@@ -42,6 +42,14 @@ def load_tokenizer(path: str, key: str = "actor_rollout_ref.model.path", trust_r
     return tokenizer
 
 
+def special_token_ids(path: str, key: str, trust_remote_code: bool = False) -> dict:
+    """The bos/eos/pad token ids of the tokenizer at `path` (pad = eos where it has none, as load_tokenizer sets
+    it): what verl's HFModelConfig writes into a model's config from the model's tokenizer_path."""
+    tokenizer = load_tokenizer(path, key, trust_remote_code=trust_remote_code)
+    return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
 def _model_config(path: str, key: str, trust_remote_code: bool, override_config: dict | None):
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(path), trust_remote_code=trust_remote_code)
