@@ -107,7 +107,6 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[B
     (the batch plan, the checkpoint manager, the checkpoint to resume from or None)."""
     from rl_trainer.checkpoint import CheckpointManager
     from rl_trainer.config import validate_config
-
     from rl_trainer.data.sources import check_data_files_exist
 
     plan = validate_config(cfg, overrides)  # before anything slow: a bad command line fails in a second
