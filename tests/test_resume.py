@@ -72,6 +72,8 @@ def test_resume_needs_the_optimizer_state_and_a_finished_run_exits_at_once(refer
     assert sorted(no_optim) == [3, 4]
     assert any(non_timing(no_optim[s]) != non_timing(expected[s]) for s in (3, 4))
 
-    proc = run_cli(overrides, cwd=root)  # without the shared head: a local Ray start would show in the output
-    assert proc.returncode == 0 and "already finished" in proc.stdout
-    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    # The finished run again: it says so and exits without training (no metrics line, no checkpoint added).
+    metrics, ckpts = (root / "run" / "metrics.jsonl").read_bytes(), sorted((root / "ckpt").iterdir())
+    proc = run_cli(overrides, cwd=root, env=shared_ray)
+    assert proc.returncode == 0 and "already finished" in proc.stdout, proc.stderr[-3000:]
+    assert (root / "run" / "metrics.jsonl").read_bytes() == metrics and sorted((root / "ckpt").iterdir()) == ckpts
