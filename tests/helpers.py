@@ -316,6 +316,17 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
                 os.environ[key] = value
 
 
+def compose_cli_config(task: list[str]):
+    """configs/ppo_trainer.yaml composed by Hydra with the task overrides `task` (no `hydra.*` ones), as the CLI
+    composes it."""
+    from hydra import compose, initialize_config_dir
+
+    from rl_trainer import main as cli
+
+    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
+        return compose("ppo_trainer", overrides=task)
+
+
 def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
     """What `python -m rl_trainer.main OVERRIDES` stops with at start-up, before any worker loads a model, run in
     this process.
@@ -327,13 +338,10 @@ def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
     exception as the one stderr line `error: <message>` and exits 2 for a UserError (shown by the true CLI runs in
     tests/test_bad_input.py). Saves an interpreter start, Ray and its imports (~10 s).
     """
-    from hydra import compose, initialize_config_dir
-
     from rl_trainer import main as cli
 
     task = [o for o in overrides if not o.startswith("hydra.")]
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
-        cfg = compose("ppo_trainer", overrides=task)
+    cfg = compose_cli_config(task)
     try:
         cli.check_config(cfg, task)
         cli.load_inputs(cfg)

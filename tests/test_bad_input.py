@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import config_stage_error, ray_daemons, run_cli, small_run_overrides
+from helpers import compose_cli_config, config_stage_error, ray_daemons, run_cli, small_run_overrides
 from rl_trainer.checkpoint import COMPLETE_MARKER
 from rl_trainer.errors import UserError
 
@@ -180,13 +180,10 @@ def test_bad_input_is_one_line(case, overrides, expected, bad, tiny_models, gsm8
 def test_a_missing_data_file_fails_in_the_config_stage(overrides, expected, tiny_models, gsm8k_dir, tmp_path):
     """Before Ray starts (the CLI's check_config), not after it as the input stage's reading of the files would: a
     mistyped path fails in seconds. A validation file is checked only where the run validates."""
-    from hydra import compose, initialize_config_dir
-
     from rl_trainer import main as cli
 
     task = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path) if not o.startswith("hydra.")]
-    with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
-        cfg = compose("ppo_trainer", overrides=task + overrides)
+    cfg = compose_cli_config(task + overrides)
     if expected is None:
         cli.check_config(cfg, task + overrides)
     else:

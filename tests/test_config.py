@@ -6,7 +6,6 @@ run checks what only a run shows (the small run, critic_warmup, rollout.response
 from __future__ import annotations
 
 import json
-
 import os
 
 import pytest

@@ -26,10 +26,8 @@ def resolve_data_files(files, key: str) -> list[str]:
     """A list of parquet paths; builtin names are converted once into the rl_trainer cache and reused."""
     if files is None:
         raise UserError(f"{key} is not set; pass a parquet file (or list of files) in verl's schema")
-    items = list(files) if isinstance(files, (list, tuple, ListConfig)) else [files]
     resolved = []
-    for item in items:
-        item = str(item)
+    for item in _items(files):
         if item.startswith("builtin:"):
             if item not in BUILTIN_DATA:
                 raise UserError(f"{key}={item} is not a built-in dataset; choose one of {', '.join(BUILTIN_DATA)}")
@@ -46,7 +44,11 @@ def check_data_files_exist(files, key: str) -> None:
     words (reading them, and building the built-in datasets, is the input stage's work)."""
     if files is None:
         return  # the input stage says the key is not set
-    items = list(files) if isinstance(files, (list, tuple, ListConfig)) else [files]
-    for item in map(str, items):
+    for item in _items(files):
         if not item.startswith("builtin:") and not os.path.isfile(item):
             raise UserError(f"data file {item} does not exist; check {key}")
+
+
+def _items(files) -> list[str]:
+    """A data.*_files value (one path or a list) as a list of strings."""
+    return [str(f) for f in (files if isinstance(files, (list, tuple, ListConfig)) else [files])]

@@ -180,7 +180,7 @@ def critic_token_ids(config: dict, model_path: str, critic_path: str) -> dict:
     """critic.model.tokenizer_path's bos/eos/pad ids for the value model's config, as the CLI's input stage reads
     them (null: the critic's folder; the actor's model path, the default: the actor's folder, also for --shape)."""
     from rl_trainer.models.builtin import resolve_model_path
-    from rl_trainer.workers.loading import special_token_ids
+    from rl_trainer.workers.loading import load_tokenizer, special_token_ids
 
     model = config["critic"]["model"]
     tok = model["tokenizer_path"]
@@ -190,7 +190,8 @@ def critic_token_ids(config: dict, model_path: str, critic_path: str) -> dict:
         path = model_path
     else:
         path = resolve_model_path(tok, seed=config["trainer"]["seed"])
-    return special_token_ids(path, "critic.model.tokenizer_path", trust_remote_code=model["trust_remote_code"])
+    tokenizer = load_tokenizer(path, "critic.model.tokenizer_path", trust_remote_code=model["trust_remote_code"])
+    return special_token_ids(tokenizer)
 
 
 def build_groups(args: argparse.Namespace, config: dict, device: str, threads: int):

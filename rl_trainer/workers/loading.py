@@ -42,10 +42,9 @@ def load_tokenizer(path: str, key: str = "actor_rollout_ref.model.path", trust_r
     return tokenizer
 
 
-def special_token_ids(path: str, key: str, trust_remote_code: bool = False) -> dict:
-    """The bos/eos/pad token ids of the tokenizer at `path` (pad = eos where it has none, as load_tokenizer sets
-    it): what verl's HFModelConfig writes into a model's config from the model's tokenizer_path."""
-    tokenizer = load_tokenizer(path, key, trust_remote_code=trust_remote_code)
+def special_token_ids(tokenizer) -> dict:
+    """The bos/eos/pad token ids of a tokenizer from load_tokenizer (pad = eos where it has none): what verl's
+    HFModelConfig writes into a model's config from the model's tokenizer_path."""
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id}
 
