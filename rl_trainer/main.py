@@ -151,22 +151,25 @@ def load_inputs(cfg: DictConfig) -> Inputs:
     check_lora_adapters(cfg)
     tokenizer_path = resolve_model_path(data.tokenizer, seed) if data.tokenizer else model_path
     tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=arr.model.trust_remote_code)
-    critic_token_ids = critic_special_tokens(cfg, critic_path, tokenizer, tokenizer_path) if cfg.critic.enable else None
+    critic_token_ids = (critic_special_tokens(cfg, model_path, critic_path, tokenizer, tokenizer_path)
+                        if cfg.critic.enable else None)
     reward_fn = get_custom_reward_fn(cfg)
     rm_paths = reward_model_paths(cfg, tokenizer) if cfg.reward_model.enable else None
     train_loader, val_loader = prompt_loaders(cfg, tokenizer)
     return Inputs(model_path, critic_path, critic_token_ids, tokenizer, reward_fn, rm_paths, train_loader, val_loader)
 
 
-def critic_special_tokens(cfg: DictConfig, critic_path: str, tokenizer, tokenizer_path: str) -> dict:
+def critic_special_tokens(cfg: DictConfig, model_path: str, critic_path: str, tokenizer,
+                          tokenizer_path: str) -> dict:
     """critic.model.tokenizer_path's bos/eos/pad token ids (null: critic.model.path's tokenizer, as in verl 0.9.1),
     which verl's HFModelConfig writes into the value model's config. `tokenizer` (loaded from `tokenizer_path`) is
     reused when the critic names the same folder, as by default."""
-    from rl_trainer.models.builtin import resolve_model_path
+    from rl_trainer.models.builtin import critic_tokenizer_dir
     from rl_trainer.workers.loading import load_tokenizer, special_token_ids
 
     model = cfg.critic.model
-    path = resolve_model_path(model.tokenizer_path, seed=cfg.trainer.seed) if model.tokenizer_path else critic_path
+    path = critic_tokenizer_dir(model.tokenizer_path, critic_path, cfg.actor_rollout_ref.model.path, model_path,
+                                cfg.trainer.seed)
     if path != tokenizer_path:
         tokenizer = load_tokenizer(path, "critic.model.tokenizer_path", trust_remote_code=model.trust_remote_code)
     return special_token_ids(tokenizer)

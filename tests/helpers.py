@@ -243,43 +243,28 @@ class RecordingGroup:
 
 @contextlib.contextmanager
 def local_trainer(cfg, run_dir: Path, calls: list | None = None):
-    """A `PPOTrainer` for `cfg` (loop_config; its custom reward function, if any) over in-process worker groups (rl_trainer.distributed.LocalWorkerGroup)
-    around real workers: one gloo rank in this process, no Ray. With `calls`, the groups are RecordingGroups writing
-    to it. The process group and the workers end on exit; the torchrun variables it sets are restored."""
+    """A `PPOTrainer` for the checked config `cfg` (loop_config, cli_config) over in-process worker groups
+    (rl_trainer.distributed.LocalWorkerGroup) around real workers: one gloo rank in this process, no Ray. The rest is
+    the CLI's own code: its input stage (rl_trainer.main.load_inputs: models, tokenizer, reward function, loaders),
+    the LR schedules' length (fill_total_training_steps) and the model loads (init_models). With `calls`, the groups
+    are RecordingGroups writing to it. The process group and the workers end on exit; the torchrun variables it sets
+    are restored."""
     import socket
 
     from omegaconf import OmegaConf
 
     from rl_trainer.checkpoint import CheckpointManager
-    from rl_trainer.config import needs_reference
-    from rl_trainer.data.rl_dataset import PromptLoader, RLHFDataset
-    from rl_trainer.data.sources import resolve_data_files
+    from rl_trainer.config import fill_total_training_steps
     from rl_trainer.distributed import LocalWorkerGroup
-    from rl_trainer.rewards.custom import get_custom_reward_fn
+    from rl_trainer.main import init_models, load_inputs, worker_classes
     from rl_trainer.tracking import Tracking
     from rl_trainer.trainer import PPOTrainer
-    from rl_trainer.workers.actor import ActorRolloutRefWorker
-    from rl_trainer.workers.critic import CriticWorker
-    from rl_trainer.workers.loading import load_tokenizer
 
+    trainer_cfg = cfg.trainer
+    data = load_inputs(cfg)
+    total_steps = fill_total_training_steps(cfg, len(data.train_loader))
     config = OmegaConf.to_container(cfg, resolve=True)
-    data, trainer_cfg = cfg.data, cfg.trainer
-    tokenizer = load_tokenizer(cfg.actor_rollout_ref.model.path)
-
-    def loader(key: str, max_samples: int, shuffle: bool, batch_size: int | None, train: bool) -> PromptLoader:
-        dataset = RLHFDataset(resolve_data_files(data[key], f"data.{key}"), tokenizer, prompt_key=data.prompt_key, max_prompt_length=data.max_prompt_length,
-                              filter_overlong_prompts=data.filter_overlong_prompts, truncation=data.truncation,
-                              max_samples=max_samples, shuffle=shuffle, seed=data.seed)
-        return PromptLoader(dataset, batch_size or len(dataset), shuffle=shuffle, seed=data.seed, drop_last=train)
-
-    from rl_trainer.config import prompts_per_generation_batch
-
-    train_loader = loader("train_files", data.train_max_samples, data.shuffle, prompts_per_generation_batch(cfg),
-                          train=True)
-    val_loader = loader("val_files", data.val_max_samples, False, data.val_batch_size, train=False)
-    total_steps = len(train_loader) * trainer_cfg.total_epochs
-    if trainer_cfg.total_training_steps:
-        total_steps = min(total_steps, trainer_cfg.total_training_steps)
+    actor_cls, critic_cls, _ = worker_classes()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -288,20 +273,18 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
     groups, tracker = [], None
     try:
         where = dict(rank=0, ranks=1, device="cpu", threads=1)
-        actor = LocalWorkerGroup("actor_rollout_ref", ActorRolloutRefWorker, config, **where)
+        actor = LocalWorkerGroup("actor_rollout_ref", actor_cls, config, **where)
         groups.append(actor)
-        critic = LocalWorkerGroup("critic", CriticWorker, config, **where) if cfg.critic.enable else None
+        critic = LocalWorkerGroup("critic", critic_cls, config, **where) if cfg.critic.enable else None
         if critic is not None:
             groups.insert(0, critic)  # shut down before the actor's group, which formed the process group
-            critic.call("init_model", cfg.critic.model.path, total_steps)
-        use_ref = needs_reference(cfg)
-        actor.call("init_model", cfg.actor_rollout_ref.model.path, total_steps, use_ref)
+        use_ref = init_models(cfg, data, actor, critic, None)
         if calls is not None:
             actor = RecordingGroup(actor, calls)
             critic = RecordingGroup(critic, calls) if critic is not None else None
         tracker = Tracking(trainer_cfg.project_name, trainer_cfg.experiment_name, [], run_dir, config)
-        yield PPOTrainer(cfg, tokenizer=tokenizer, train_loader=train_loader, val_loader=val_loader, actor=actor,
-                         critic=critic, use_ref=use_ref, reward_fn=get_custom_reward_fn(cfg), tracker=tracker,
+        yield PPOTrainer(cfg, tokenizer=data.tokenizer, train_loader=data.train_loader, val_loader=data.val_loader,
+                         actor=actor, critic=critic, use_ref=use_ref, reward_fn=data.reward_fn, tracker=tracker,
                          checkpoints=CheckpointManager(trainer_cfg.default_local_dir, None), total_steps=total_steps,
                          resume_path=None)
     finally:
@@ -316,15 +299,25 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
                 os.environ[key] = value
 
 
-def compose_cli_config(task: list[str]):
-    """configs/ppo_trainer.yaml composed by Hydra with the task overrides `task` (no `hydra.*` ones), as the CLI
+def compose_cli_config(task: list[str], config_name: str = "ppo_trainer"):
+    """configs/<config_name>.yaml composed by Hydra with the task overrides `task` (no `hydra.*` ones), as the CLI
     composes it."""
     from hydra import compose, initialize_config_dir
 
     from rl_trainer import main as cli
 
     with initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base=None):
-        return compose("ppo_trainer", overrides=task)
+        return compose(config_name, overrides=task)
+
+
+def cli_config(task: list[str], config_name: str = "ppo_trainer"):
+    """What `python -m rl_trainer.main --config-name CONFIG_NAME TASK` trains with: composed (compose_cli_config) and
+    checked by the CLI's config stage (rl_trainer.main.check_config, which raises its one-line errors)."""
+    from rl_trainer.main import check_config
+
+    cfg = compose_cli_config(task, config_name)
+    check_config(cfg, task)
+    return cfg
 
 
 def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:

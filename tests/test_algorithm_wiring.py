@@ -1,6 +1,7 @@
 """The in-process pieces that wire verl's wave-2 algorithms into training (no Ray): sum_pi_squared from the actor's
 logits, what the driver hands each estimator (verl's compute_advantage), decoupled rollout correction entering the
-batch before the advantages, and the config's derived switches. The CLI runs are tests/test_algorithms_cli.py."""
+batch before the advantages, and the config's derived switches. Two-step training runs of every loss and estimator
+are tests/test_algorithms_train.py."""
 
 from __future__ import annotations
 

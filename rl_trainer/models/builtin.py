@@ -104,6 +104,18 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
     return str(ensure_builtin_model(str(path)[len(BUILTIN_PREFIX) :], seed=seed))
 
 
+def critic_tokenizer_dir(tokenizer_path: str | None, critic_dir: str, actor_path: str, actor_dir: str,
+                         seed: int = 0) -> str:
+    """The folder critic.model.tokenizer_path names, as verl 0.9.1's HFModelConfig reads it: null -> the critic's
+    own folder `critic_dir`; the actor's model.path `actor_path` (rl_trainer's default) -> the folder it resolved
+    to, `actor_dir`; anything else resolved like a model path (resolve_model_path)."""
+    if not tokenizer_path:
+        return critic_dir
+    if tokenizer_path == actor_path:
+        return actor_dir
+    return resolve_model_path(tokenizer_path, seed=seed)
+
+
 def ensure_builtin_model(name: str = "tiny-qwen2", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
     """The directory of built-in model `name` with weights from `seed`, building it if it is not cached yet.
 

@@ -178,18 +178,13 @@ def model_paths(args: argparse.Namespace, config: dict, tmp: str) -> tuple[str, 
 
 def critic_token_ids(config: dict, model_path: str, critic_path: str) -> dict:
     """critic.model.tokenizer_path's bos/eos/pad ids for the value model's config, as the CLI's input stage reads
-    them (null: the critic's folder; the actor's model path, the default: the actor's folder, also for --shape)."""
-    from rl_trainer.models.builtin import resolve_model_path
+    them (the actor's model path, the default, names the actor's folder, also the one --shape builds)."""
+    from rl_trainer.models.builtin import critic_tokenizer_dir
     from rl_trainer.workers.loading import load_tokenizer, special_token_ids
 
     model = config["critic"]["model"]
-    tok = model["tokenizer_path"]
-    if not tok:
-        path = critic_path
-    elif tok == config["actor_rollout_ref"]["model"]["path"]:
-        path = model_path
-    else:
-        path = resolve_model_path(tok, seed=config["trainer"]["seed"])
+    path = critic_tokenizer_dir(model["tokenizer_path"], critic_path, config["actor_rollout_ref"]["model"]["path"],
+                                model_path, config["trainer"]["seed"])
     tokenizer = load_tokenizer(path, "critic.model.tokenizer_path", trust_remote_code=model["trust_remote_code"])
     return special_token_ids(tokenizer)
 

@@ -15,7 +15,7 @@ from rl_trainer.cache import cache_root
 from rl_trainer.data.gsm8k import BUNDLED_DIR
 from rl_trainer.errors import UserError
 from rl_trainer.models import builtin
-from rl_trainer.models.builtin import BUILTIN_PREFIX, ensure_builtin_model, resolve_model_path
+from rl_trainer.models.builtin import BUILTIN_PREFIX, critic_tokenizer_dir, ensure_builtin_model, resolve_model_path
 
 MESSAGES = [{"role": "user", "content": "What is 12+30?"}]
 
@@ -93,6 +93,15 @@ def test_resolve_model_path(builtin_cache, builtin_model_dir, monkeypatch, capsy
     monkeypatch.setenv("RL_TRAINER_CACHE", str(builtin_cache))
     assert resolve_model_path(BUILTIN_PREFIX + "tiny-qwen2") == str(builtin_model_dir)
     assert "building" not in capsys.readouterr().out  # cached: not built again
+
+
+def test_critic_tokenizer_dir_follows_verl_and_the_actor_default(builtin_cache, builtin_model_dir, monkeypatch):
+    monkeypatch.setenv("RL_TRAINER_CACHE", str(builtin_cache))
+    actor = (BUILTIN_PREFIX + "tiny-qwen2", "/built/actor")  # (actor_rollout_ref.model.path, the folder it resolved to)
+    assert critic_tokenizer_dir(None, "/critic", *actor) == "/critic"  # null: the critic's own folder (verl 0.9.1)
+    assert critic_tokenizer_dir(actor[0], "/critic", *actor) == "/built/actor"  # the default: the actor's folder
+    assert critic_tokenizer_dir("~/tok", "/critic", *actor) == "~/tok"  # a path of its own, loaded as given
+    assert critic_tokenizer_dir(actor[0], "/critic", "other/model", "/other") == str(builtin_model_dir)  # resolved
 
 
 def test_default_cache_root(monkeypatch, tmp_path):

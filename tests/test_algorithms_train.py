@@ -1,6 +1,9 @@
-"""verl's wave-2 algorithms train through the real CLI (Hydra multirun, the shared Ray head, digit-shift, two steps per
-job): every policy loss, rollout correction in verl's decoupled and bypass modes, the optimal token baselines with
-the actor's sum_pi_squared, and gdpo with per-key rewards. The math itself is unit-tested in tests/algos/.
+"""verl's wave-2 algorithms train, each through the CLI's own config and input stages and the real trainer and worker
+(digit-shift, two steps each, one gloo rank in this process: helpers.cli_config + helpers.local_trainer): every
+policy loss, rollout correction in verl's decoupled and bypass modes, the optimal token baselines with the actor's
+sum_pi_squared, and gdpo with per-key rewards. These tests are about configuration, so they run in one process
+(~2 s a run instead of a CLI start-up with Ray); Hydra's multirun through the CLI is test_sweep.py's. The math itself
+is unit-tested in tests/algos/.
 
 The rollout samples with top_k=3, so the rollout's log-prob of a sampled token is that of the renormalised top-3
 distribution while the actor scores the full softmax (verl's vLLM rollout in its processed-logprobs mode differs
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import read_steps, run_cli
+from helpers import cli_config, local_trainer, read_steps
 
 LOSSES = ("vanilla", "dppo_tv", "dppo_kl", "gspo", "sapo", "gpg", "clip_cov", "kl_cov", "geo_mean", "dro", "cispo")
 # Each loss's own metrics (the contract's keys): seeing exactly these shows the chosen loss is the one that ran.
@@ -30,18 +33,18 @@ MISMATCH = [
 ]
 
 
-def sweep_overrides(tmp_path, name: str, *extra: str) -> list[str]:
-    """Two steps of digit-shift per job, each step two mini-batches (so the policy moves between them and the
-    losses' ratios differ from 1), no validation, no checkpoints."""
-    return ["-m", "--config-name", "digit_shift", "trainer.total_training_steps=2", "trainer.val_before_train=false",
-            "trainer.test_freq=-1", "trainer.save_freq=-1", "trainer.logger=[]", "trainer.resume_mode=disable",
-            "actor_rollout_ref.actor.ppo_mini_batch_size=8", f"hydra.sweep.dir={tmp_path / name}",
-            f"trainer.default_local_dir={tmp_path / 'ckpt' / name}", *extra]
-
-
-def job_steps(tmp_path, name: str, index: int, key: str, value: str) -> dict[int, dict]:
-    steps = read_steps(tmp_path / name / f"{index}-{key}={value}")
-    assert max(steps) == 2, (value, sorted(steps))
+def train_two_steps(tmp_path, name: str, *extra: str) -> dict[int, dict]:
+    """The per-step metrics of `python -m rl_trainer.main --config-name digit_shift ... EXTRA`, trained in this
+    process: two steps of digit-shift, each step two mini-batches (so the policy moves between them and the losses'
+    ratios differ from 1), one worker, no validation, no checkpoints."""
+    cfg = cli_config(["trainer.total_training_steps=2", "trainer.val_before_train=false", "trainer.test_freq=-1",
+                      "trainer.save_freq=-1", "trainer.resume_mode=disable", "trainer.n_gpus_per_node=1",
+                      "actor_rollout_ref.actor.ppo_mini_batch_size=8", f"trainer.default_local_dir={tmp_path / 'ckpt' / name}",
+                      *extra], config_name="digit_shift")
+    with local_trainer(cfg, tmp_path / name) as trainer:
+        trainer.fit()
+    steps = read_steps(tmp_path / name)
+    assert max(steps) == 2, (name, sorted(steps))
     return steps
 
 
@@ -61,23 +64,21 @@ def assert_weights_below_one(steps: dict[int, dict], what: str, bypass: bool = F
     for m in steps.values():
         assert 0 < m["rollout_corr/rollout_is_mean"] < 0.9, (what, m["rollout_corr/rollout_is_mean"])
         assert m["rollout_corr/rollout_is_max"] < (1.1 if bypass else 1), (what, m["rollout_corr/rollout_is_max"])
-        assert m["rollout_corr/rollout_is_ratio_fraction_low"] > 0, what
         assert m["rollout_corr/kl"] > 0 and m["rollout_corr/training_ppl"] > m["rollout_corr/rollout_ppl"], what
         assert m["rollout_corr/rollout_rs_masked_fraction"] < 1, what
-    assert max(m["rollout_corr/rollout_rs_masked_fraction"] for m in steps.values()) > 0, what
+    # Some weight falls below 1 / 2.0 (the low fraction is live) and token_k1 masks some tokens, in some step: after
+    # the first update a sharper policy can put all the top-3 masses above 0.5 and every k1 inside the band.
+    for metric in ("rollout_corr/rollout_is_ratio_fraction_low", "rollout_corr/rollout_rs_masked_fraction"):
+        assert max(m[metric] for m in steps.values()) > 0, (what, metric)
 
 
 @pytest.mark.slow
-def test_every_policy_loss_trains_with_decoupled_rollout_correction(tmp_path, shared_ray):
+def test_every_policy_loss_trains_with_decoupled_rollout_correction(tmp_path):
     key = "actor_rollout_ref.actor.policy_loss.loss_mode"
-    # One worker per job (the estimator and bypass runs below use two): eleven start-ups are most of this test.
-    result = run_cli(sweep_overrides(tmp_path, "losses", f"{key}={','.join(LOSSES)}", "trainer.n_gpus_per_node=1",
-                                     "actor_rollout_ref.actor.policy_loss.dro_beta=0.1", *MISMATCH),
-                     cwd=tmp_path, timeout=600, env=shared_ray)
-    assert result.returncode == 0, result.stderr[-3000:]
     grad_norms = set()
-    for index, loss in enumerate(LOSSES):
-        steps = job_steps(tmp_path, "losses", index, key, loss)
+    for loss in LOSSES:
+        steps = train_two_steps(tmp_path, loss, f"{key}={loss}", "actor_rollout_ref.actor.policy_loss.dro_beta=0.1",
+                                *MISMATCH)
         assert_trained(steps, loss)
         last = steps[2]
         assert {k for k in PPO_METRICS if k in last} == LOSS_METRICS[loss], (loss, sorted(last))
@@ -88,38 +89,29 @@ def test_every_policy_loss_trains_with_decoupled_rollout_correction(tmp_path, sh
 
 
 @pytest.mark.slow
-def test_token_baselines_gdpo_and_bypass_mode_train(tmp_path, shared_ray):
+def test_token_baselines_gdpo_and_bypass_mode_train(tmp_path):
     reward = tmp_path / "two_part_reward.py"
     reward.write_text(
         "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
         "    correct = float(solution_str.strip() == str(ground_truth).strip())\n"
         "    digit = float(solution_str.strip().isdigit())\n"
         "    return {'score': correct, 'correct': correct, 'digit': digit}\n")
-    key = "algorithm.adv_estimator"
-    estimators = ("optimal_token_baseline", "tir_optimal_token_baseline", "gdpo")
-    result = run_cli(sweep_overrides(tmp_path, "estimators", f"{key}={','.join(estimators)}",
-                                     f"custom_reward_function.path={reward}",
-                                     "algorithm.gdpo_reward_keys=[correct,digit]", "algorithm.gdpo_reward_weights=[1.0,0.5]",
-                                     *MISMATCH), cwd=tmp_path, timeout=600, env=shared_ray)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for index, estimator in enumerate(estimators):
-        steps = job_steps(tmp_path, "estimators", index, key, estimator)
+    for estimator in ("optimal_token_baseline", "tir_optimal_token_baseline", "gdpo"):
+        steps = train_two_steps(tmp_path, estimator, f"algorithm.adv_estimator={estimator}",
+                                f"custom_reward_function.path={reward}", "algorithm.gdpo_reward_keys=[correct,digit]",
+                                "algorithm.gdpo_reward_weights=[1.0,0.5]", *MISMATCH)
         assert_trained(steps, estimator)
         assert_weights_below_one(steps, estimator)
         assert steps[2]["critic/advantages/max"] > 0 > steps[2]["critic/advantages/min"], estimator
-    gdpo = job_steps(tmp_path, "estimators", 2, key, "gdpo")[2]
+    gdpo = steps[2]
     assert 0 <= gdpo["gdpo/correct/mean"] <= gdpo["gdpo/digit/mean"] <= 1, gdpo
     assert gdpo["gdpo/digit/min"] in (0, 1) and gdpo["gdpo/correct/std"] >= 0
 
     # Bypass mode: no old-log-prob pass (old_log_probs = the rollout's), the loss applies IS / RS against the
     # current policy, and its rollout_corr/* metrics come from the update.
-    key = "algorithm.rollout_correction.loss_type"
-    result = run_cli(sweep_overrides(tmp_path, "bypass", f"{key}=ppo_clip,reinforce",
-                                     "algorithm.rollout_correction.bypass_mode=true", *MISMATCH),
-                     cwd=tmp_path, timeout=600, env=shared_ray)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for index, loss_type in enumerate(("ppo_clip", "reinforce")):
-        steps = job_steps(tmp_path, "bypass", index, key, loss_type)
+    for loss_type in ("ppo_clip", "reinforce"):
+        steps = train_two_steps(tmp_path, f"bypass-{loss_type}", f"algorithm.rollout_correction.loss_type={loss_type}",
+                                "algorithm.rollout_correction.bypass_mode=true", *MISMATCH)
         assert_trained(steps, loss_type)
         assert "timing_s/old_log_prob" not in steps[2], loss_type
         assert_weights_below_one(steps, loss_type, bypass=True)
