@@ -229,8 +229,9 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: 
     """Start (or join) Ray and spawn the worker groups (spawn_groups) while the start-up thread resolves `classes`
     (worker_classes) and `inputs` (load_inputs), then load the models, run PPOTrainer.fit, and tear everything
     down (also when an input turns out bad). The workers are spawned with the config before the data is read: the
-    one value the data decides, the LR schedules' length (fill_total_training_steps), reaches them in init_model.
-    Until the input stage is done, this thread imports nothing that imports transformers."""
+    one value the data decides, the LR schedules' length (fill_total_training_steps), reaches them in init_model;
+    only a resumed run waits for the data first, to know whether it is already finished. Until the input stage is
+    done, this thread imports nothing that imports transformers."""
     import ray
 
     from rl_trainer.checkpoint import step_of
@@ -242,8 +243,14 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: 
     _init_ray(cfg)  # seconds of waiting for Ray's processes, while the start-up thread works
     pool = actor = critic = reward_model = tracker = None
     try:
-        if inputs.done():  # the input stage finished beside Ray's start: a bad input ends the run before any spawn
-            inputs.result()
+        # Before any spawn when the input stage finished beside Ray's start, and always when resuming: a bad input
+        # ends the run, and so does a run that is already finished, without starting a worker.
+        if inputs.done() or resume_path is not None:
+            total_steps = fill_total_training_steps(cfg, len(inputs.result().train_loader))
+            if resume_path is not None and step_of(resume_path) >= total_steps:
+                print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; "
+                      "nothing to do")
+                return
         pool = ResourcePool(trainer_cfg.nnodes, trainer_cfg.n_gpus_per_node, trainer_cfg.device, trainer_cfg.cpus_per_worker)
         actor, critic, reward_model = spawn_groups(cfg, pool, classes.result(), worker_config)
         data: Inputs = inputs.result()  # a bad input ends the run here, before any model loads
@@ -251,10 +258,6 @@ def train_on_ray(cfg: DictConfig, run_dir: Path, plan, classes: Future, inputs: 
         from rl_trainer.trainer import PPOTrainer
 
         total_steps = fill_total_training_steps(cfg, len(data.train_loader))
-        if resume_path is not None and step_of(resume_path) >= total_steps:
-            print(f"training already finished: {resume_path} is step {step_of(resume_path)} of {total_steps}; "
-                  "nothing to do")
-            return
         # Every input is valid: only now touch the checkpoint directory (leftovers of a run killed while saving).
         if checkpoints.cleanup_stale_tmp():
             resume_path = checkpoints.resolve_resume(trainer_cfg.resume_mode, trainer_cfg.resume_from_path)
