@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import compose_cli_config, config_stage_error, ray_daemons, run_cli, small_run_overrides
+from helpers import (cli_config, compose_cli_config, config_stage_error, local_trainer, ray_daemons, run_cli,
+                     small_run_overrides)
 from rl_trainer.checkpoint import COMPLETE_MARKER
 from rl_trainer.errors import UserError
 
@@ -191,14 +192,25 @@ def test_a_missing_data_file_fails_in_the_config_stage(overrides, expected, tiny
             cli.check_config(cfg, task + overrides)
 
 
-# Through the real CLI: one case per stage that can refuse (data, model, local resources), and the two found while
+@pytest.mark.parametrize("case, overrides, expected", DURING_TRAINING, ids=[c[0] for c in DURING_TRAINING])
+def test_bad_reward_found_while_training_is_one_line(case, overrides, expected, bad, tiny_models, gsm8k_dir, tmp_path):
+    # In this process, through the CLI's config and input stages and the real trainer and worker (one rank, no Ray):
+    # the first batch's scoring stops the run with a one-line UserError naming the file.
+    # What the CLI then prints and leaves behind is test_bad_input_through_the_cli's, on the first of these cases.
+    task = [o for o in case_args(case, overrides, bad, tiny_models, gsm8k_dir, tmp_path) if not o.startswith("hydra.")]
+    cfg = cli_config(task + ["trainer.n_gpus_per_node=1"])
+    with local_trainer(cfg, tmp_path / "run") as trainer, pytest.raises(UserError) as error:
+        trainer.fit()
+    assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+# Through the real CLI: one case per stage that can refuse (data, model, local resources), and one found while
 # training (the batch-size check's CLI run is test_overriding_critic_keys_while_the_critic_is_off_warns_in_one_line).
 CLI_CASES = [c for c in BEFORE_RAY if c[0] in {"unreadable-train-file", "no-chat-template", "more-workers-than-cpus"}]
 
 
-@pytest.mark.parametrize("case, overrides, expected", CLI_CASES + [pytest.param(*c, marks=pytest.mark.slow)
-                                                                   for c in DURING_TRAINING],
-                         ids=[c[0] for c in CLI_CASES + DURING_TRAINING])
+@pytest.mark.parametrize("case, overrides, expected", CLI_CASES + [pytest.param(*DURING_TRAINING[0], marks=pytest.mark.slow)],
+                         ids=[c[0] for c in CLI_CASES + DURING_TRAINING[:1]])
 def test_bad_input_through_the_cli(case, overrides, expected, bad, tiny_models, gsm8k_dir, tmp_path):
     ckpt, before = existing_checkpoint(tmp_path)
     proc = run_cli(case_args(case, overrides, bad, tiny_models, gsm8k_dir, tmp_path), cwd=tmp_path, timeout=180)
