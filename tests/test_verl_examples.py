@@ -1,7 +1,7 @@
 """verl's own example command lines (tests/data/verl_examples.json, built by tests/data/verl_examples_extract.py from
 the `python3 -m verl.trainer.main_ppo` calls of verl's examples/**/*.sh, tiny model, data and sizes substituted):
 each composes and either validates or is refused in one line naming the feature rl_trainer lacks; none fails on a
-key. A few diverse ones train one step end to end (slow).
+key. A few diverse ones train one step (slow): two through the real CLI, three in this process.
 
     python tests/test_verl_examples.py        # the counts: validate / refused, top refused features
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 import sys
 from collections import Counter
@@ -28,10 +29,10 @@ VERL_KEYS = json.loads((ROOT / "tests" / "data" / "verl_0.9.1_keys.json").read_t
 KNOWN_KEYS = {k for name in ("ppo_trainer", "ppo_megatron_trainer") for section in (VERL_KEYS, VERL_KEYS["older"])
               for k in section[name]}
 UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
-# Diverse lines that validate, trained one step end to end: GRPO, PPO with a critic, REINFORCE++ with a KL loss,
-# RLOO, and one with a hint key (use_prefix_grouper).
-END_TO_END = ("examples/grpo_trainer/run_qwen2-7b.sh", "examples/ppo_trainer/run_gemma.sh",
-              "examples/reinforce_plus_plus_trainer/run_qwen2-7b_math_rf.sh", "examples/rloo_trainer/run_qwen2-7b.sh",
+# Diverse lines that validate, trained one step: GRPO and PPO with a critic through the real CLI on 2 CPU workers;
+# REINFORCE++ with a KL in the reward, RLOO, and one with a hint key (use_prefix_grouper) in this process.
+END_TO_END = ("examples/grpo_trainer/run_qwen2-7b.sh", "examples/ppo_trainer/run_gemma.sh")
+IN_PROCESS = ("examples/reinforce_plus_plus_trainer/run_qwen2-7b_math_rf.sh", "examples/rloo_trainer/run_qwen2-7b.sh",
               "examples/prefix_grouper/run_qwen3_prefix_grouper.sh")
 
 
@@ -113,7 +114,7 @@ def test_every_example_line_validates_or_is_refused_by_feature():
     assert not errors, "\n".join(errors)
     assert sum(kind == "error" for _, kind, _ in results) <= 3  # the stale examples (printed by summary)
     assert len(LINES) >= 100  # the whole examples/ tree, not a sample
-    assert sum(kind == "valid" for _, kind, _ in results) >= len(END_TO_END)
+    assert sum(kind == "valid" for _, kind, _ in results) >= len(END_TO_END) + len(IN_PROCESS)
 
 
 @pytest.mark.slow
@@ -128,6 +129,25 @@ def test_example_trains_one_step(script, tmp_path, shared_ray):
     result = run_cli(line["overrides"] + [f"trainer.default_local_dir={tmp_path}/ckpt"], cwd=tmp_path, env=shared_ray)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step:1" in result.stdout.replace(" ", ""), result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", IN_PROCESS)
+def test_example_trains_one_step_in_process(script, tmp_path):
+    """A verl example's own overrides, one training step through the CLI's config and input stages and the real
+    trainer and worker on one gloo rank, without Ray (helpers.local_trainer; trainer.n_gpus_per_node=1 is the one
+    override added)."""
+    from rl_trainer.main import CONFIG_DIR, config_flags
+    from tests.helpers import cli_config, local_trainer, read_steps
+
+    line = next(line for line in LINES if line["script"] == script)
+    argv, config_dir, name = config_flags(line["overrides"])
+    assert config_dir == CONFIG_DIR, config_dir
+    cfg = cli_config([*argv, "trainer.n_gpus_per_node=1", f"trainer.default_local_dir={tmp_path}/ckpt"], name)
+    with local_trainer(cfg, tmp_path / "run") as trainer:
+        trainer.fit()
+    steps = read_steps(tmp_path / "run")
+    assert sorted(steps) == [1] and math.isfinite(steps[1]["actor/pg_loss"]), steps
 
 
 def summary() -> str:
