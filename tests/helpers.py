@@ -195,10 +195,6 @@ def worker_config(model_dir, workers: int, micro, extra=()) -> dict:
 def loop_config(model_dir, data_dir, tmp_path, extra=(), reward=None):
     """A checked config (DictConfig) for the Ray-free loop tests: one worker, 2 GSM8K prompts x n=2 per step,
     6-token responses, 4 training / 2 validation prompts, no checkpoints; `reward`: a custom reward file."""
-    from hydra import compose, initialize_config_dir
-
-    from rl_trainer.config import validate_config
-
     overrides = [
         f"actor_rollout_ref.model.path={model_dir}", f"data.train_files={data_dir}/train.parquet",
         f"data.val_files={data_dir}/test.parquet", "data.train_max_samples=4", "data.val_max_samples=2",
@@ -212,10 +208,7 @@ def loop_config(model_dir, data_dir, tmp_path, extra=(), reward=None):
     ]
     if reward is not None:
         overrides.append(f"custom_reward_function.path={reward}")
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("ppo_trainer", overrides=overrides)
-    validate_config(cfg, overrides)
-    return cfg
+    return cli_config(overrides)
 
 
 class RecordingGroup:
@@ -334,7 +327,7 @@ def config_stage_error(overrides: list[str], run_dir: Path) -> Exception:
     from rl_trainer import main as cli
 
     task = [o for o in overrides if not o.startswith("hydra.")]
-    cfg = compose_cli_config(task)
+    cfg = compose_cli_config(task)  # outside the try: a Hydra error is raised, not returned
     try:
         cli.check_config(cfg, task)
         cli.load_inputs(cfg)

@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import (cli_config, compose_cli_config, config_stage_error, local_trainer, ray_daemons, run_cli,
-                     small_run_overrides)
+from helpers import cli_config, config_stage_error, local_trainer, ray_daemons, run_cli, small_run_overrides
 from rl_trainer.checkpoint import COMPLETE_MARKER
 from rl_trainer.errors import UserError
 
@@ -181,15 +180,12 @@ def test_bad_input_is_one_line(case, overrides, expected, bad, tiny_models, gsm8
 def test_a_missing_data_file_fails_in_the_config_stage(overrides, expected, tiny_models, gsm8k_dir, tmp_path):
     """Before Ray starts (the CLI's check_config), not after it as the input stage's reading of the files would: a
     mistyped path fails in seconds. A validation file is checked only where the run validates."""
-    from rl_trainer import main as cli
-
     task = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path) if not o.startswith("hydra.")]
-    cfg = compose_cli_config(task + overrides)
     if expected is None:
-        cli.check_config(cfg, task + overrides)
+        cli_config(task + overrides)
     else:
         with pytest.raises(UserError, match=expected):
-            cli.check_config(cfg, task + overrides)
+            cli_config(task + overrides)
 
 
 @pytest.mark.parametrize("case, overrides, expected", DURING_TRAINING, ids=[c[0] for c in DURING_TRAINING])
