@@ -127,10 +127,13 @@ def wait_gone(pids: list[int], timeout: float) -> None:
 
 
 def ray_daemons() -> list[str]:
-    """Ray's per-machine daemons, from any session (there should be none between tests)."""
+    """The live Ray daemons (raylet, GCS) of this test process: those under its RAY_TMPDIR (conftest.isolated_env),
+    which every Ray it or its CLI runs start uses, whichever session they are in. There should be none between tests.
+    Ray's of other test processes (pytest-xdist workers) are not this process's to count."""
     out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()
-            if not line.split()[0].startswith("Z") and ("raylet" in line or "gcs_server" in line)]
+            if not line.split()[0].startswith("Z") and ("raylet" in line or "gcs_server" in line)
+            and f"{os.environ['RAY_TMPDIR']}/" in line]
 
 
 _SHARED_RAY: dict = {}

@@ -16,8 +16,9 @@ from helpers import ray_daemons, read_steps, run_cli, session_pids, session_proc
 pytestmark = pytest.mark.slow
 
 
-def worker_pids(name: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"ray::{name}"], capture_output=True, text=True).stdout
+def worker_pids(name: str, sid: int) -> list[int]:
+    """Pids of the Ray actors called `name` in session `sid` (the driver's: its Ray's raylet starts them there)."""
+    out = subprocess.run(["pgrep", "-s", str(sid), "-f", f"ray::{name}"], capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
 
 
@@ -31,7 +32,7 @@ def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_d
         for line in driver.stdout:  # wait until step 1 (and its checkpoint) is done
             if line.startswith("step:1 "):
                 break
-        victims = worker_pids("ActorRolloutRefWorker")
+        victims = worker_pids("ActorRolloutRefWorker", driver.pid)
         assert len(victims) == 2, victims
         os.kill(victims[-1], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -46,9 +47,9 @@ def test_killed_worker_stops_the_driver_and_the_run_resumes(tiny_models, gsm8k_d
     assert last.startswith("error: worker group 'actor_rollout_ref' rank "), last
     assert "last good checkpoint: " in last and "global_step_" in last
     # Ray's daemons and the surviving worker exit after the driver: wait for them (at most 30 s), then check.
-    wait_gone(session_pids(driver.pid) + worker_pids("ActorRolloutRefWorker"), timeout=30)
+    wait_gone(session_pids(driver.pid) + worker_pids("ActorRolloutRefWorker", driver.pid), timeout=30)
     assert not session_processes(driver.pid), session_processes(driver.pid)
-    assert not worker_pids("ActorRolloutRefWorker") and not ray_daemons()
+    assert not worker_pids("ActorRolloutRefWorker", driver.pid) and not ray_daemons()
 
     # Rerunning the same command resumes from the last good checkpoint.
     done = int((tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import session_pids, wait_gone
 from rl_trainer.tools.diagnose import compose_config, ray_status
 
 
@@ -67,19 +69,26 @@ def test_address_local_wins_over_ray_address_as_in_main(monkeypatch):
 
 
 @pytest.mark.slow
-def test_reports_a_running_ray_cluster(tmp_path, own_ray):  # `ray stop --force` stops every Ray
+def test_reports_a_running_ray_cluster(tmp_path, own_ray):
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
     ray_bin = Path(sys.executable).parent / "ray"
-    env = {**os.environ, "RAY_TMPDIR": os.environ["RAY_TMPDIR"]}
-    subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=120)
+    # In a session of its own, so that stopping it kills this cluster only (`ray stop --force` would stop every Ray on
+    # the machine, including those of tests running beside this one).
+    start = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=1",
+                              "--include-dashboard=false", "--disable-usage-stats"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
+        output, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, output
         out = diagnose(env={"RAY_ADDRESS": f"127.0.0.1:{port}"})
         assert f"connected to 127.0.0.1:{port} (RAY_ADDRESS)" in out and "alive_nodes: 1" in out and "CPU=1" in out
         # The key wins over RAY_ADDRESS, as in main: a RAY_ADDRESS where nothing listens is not looked at.
         out = diagnose(f"ray_kwargs.ray_init.address=127.0.0.1:{port}", env={"RAY_ADDRESS": "127.0.0.1:1"})
         assert f"connected to 127.0.0.1:{port} (ray_kwargs.ray_init.address)" in out and "alive_nodes: 1" in out
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        daemons = session_pids(start.pid)
+        if daemons:
+            os.killpg(start.pid, signal.SIGKILL)
+        wait_gone(daemons, timeout=30)
