@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes share two cores (scripts/test.sh), so a test's OpenMP threads often wait for a core the other
+    # test holds. OpenMP's default is to spin while it waits, which turns the wait into a contest for the same cores;
+    # PASSIVE threads sleep instead. Set before anything here loads torch's OpenMP, which reads it once; the Ray
+    # heads, CLI runs and workers a test starts inherit it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):

@@ -129,7 +129,7 @@ def wait_gone(pids: list[int], timeout: float) -> None:
 def ray_daemons() -> list[str]:
     """The live Ray daemons (raylet, GCS) of this test process: those under its RAY_TMPDIR (conftest.isolated_env),
     which every Ray it or its CLI runs start uses, whichever session they are in. There should be none between tests.
-    Ray's of other test processes (pytest-xdist workers) are not this process's to count."""
+    The daemons of the other test process (pytest-xdist) are not counted."""
     out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()
             if not line.split()[0].startswith("Z") and ("raylet" in line or "gcs_server" in line)

@@ -1,4 +1,5 @@
-"""The trainer end to end through its CLI: real Ray, two gloo FSDP workers, real parquet, tiny local models."""
+"""The trainer end to end through its CLI: real Ray, two gloo FSDP workers, real parquet, tiny local models; the
+guide's PPO and GRPO-variant lines train in this process (in_process_run)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import read_steps, run_cli, small_run_overrides
+from helpers import cli_config, local_trainer, read_steps, run_cli, small_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -69,17 +70,25 @@ def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_m
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
 
 
-def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward, tmp_path, shared_ray):
+def in_process_run(overrides: list[str], run_dir) -> dict[int, dict]:
+    """The steps' metrics of `python -m rl_trainer.main OVERRIDES` trained through the CLI's config and input stages
+    and the real trainer and workers on one gloo rank in this process (helpers.local_trainer): for the guide's
+    command lines, whose point is the configuration, not the start-up the runs above show."""
+    overrides = [o for o in overrides if not o.startswith(("hydra.", "trainer.n_gpus_per_node="))]
+    with local_trainer(cli_config([*overrides, "trainer.n_gpus_per_node=1"]), run_dir) as trainer:
+        trainer.fit()
+    return read_steps(run_dir)
+
+
+def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward, tmp_path):
     # The guide's PPO line: GAE, a critic model, two PPO epochs for both.
     model = tiny_models["llama"]
-    proc = run_cli(
+    steps = in_process_run(
         small_run_overrides(model, gsm8k_dir, tmp_path, length_reward)
         + ["algorithm.adv_estimator=gae", f"critic.model.path={model}", "actor_rollout_ref.actor.ppo_epochs=2",
            "critic.ppo_epochs=2", "critic.optim.lr=1e-3", "actor_rollout_ref.model.enable_gradient_checkpointing=true"],
-        cwd=tmp_path, env=shared_ray,
+        tmp_path / "run",
     )
-    assert_ok(proc)
-    steps = read_steps(tmp_path / "run")
     check_metrics(steps, ALWAYS + CRITIC + ["timing_s/old_log_prob"])  # two epochs: the pass runs
     assert steps[2]["critic/vf_loss"] > 0
 
@@ -94,14 +103,12 @@ GUIDE_LINES = {
 }
 
 
-def test_guide_command_lines(tiny_models, gsm8k_dir, length_reward, tmp_path, shared_ray):
+def test_guide_command_lines(tiny_models, gsm8k_dir, length_reward, tmp_path):
     extra = [o for line in GUIDE_LINES.values() for o in line]
     keys = [o.split("=")[0] for o in extra]
     assert len(set(keys)) == len(keys)  # the lines are independent: no key set twice
-    proc = run_cli(small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + extra, cwd=tmp_path,
-                   env=shared_ray)
-    assert_ok(proc)
-    steps = read_steps(tmp_path / "run")
+    steps = in_process_run(small_run_overrides(tiny_models["qwen2"], gsm8k_dir, tmp_path, length_reward) + extra,
+                           tmp_path / "run")
     check_metrics(steps, ALWAYS + ["actor/reward_kl_penalty", "actor/pg_loss", "timing_s/old_log_prob"])  # KL in reward
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import read_steps, run_cli, small_run_overrides, worker_config
+from helpers import cli_config, local_trainer, read_steps, small_run_overrides, worker_config
 from rl_trainer.batch import Batch
 from rl_trainer.distributed import ResourcePool, WorkerGroup
 from rl_trainer.errors import UserError
@@ -187,16 +187,18 @@ def test_dynamic_values_and_critic_update_equal_fixed(critic_runs):
 TIMING_PREFIXES = ("timing_s/", "timing_per_token_ms/", "perf/throughput", "perf/time_per_step", "perf/peak_rss_gb/")
 
 
-def test_gsm8k_run_metrics_equal_with_and_without_dynamic_bsz(tiny_models, gsm8k_dir, length_reward, tmp_path,
-                                                               shared_ray):
-    # Two steps of the small run; 256 tokens per micro-batch (>= 192 + 16 per row) instead of 4 rows.
+def test_gsm8k_run_metrics_equal_with_and_without_dynamic_bsz(tiny_models, gsm8k_dir, length_reward, tmp_path):
+    # Two steps of the small GSM8K run through the CLI's config and input stages and the real trainer and worker, on
+    # one gloo rank in this process (helpers.local_trainer: this is about configuration; the two-rank numbers are
+    # the tests above). 256 tokens per micro-batch (>= 192 + 16 per row) instead of 4 rows.
     steps = {}
     for name, extra in (("fixed", []), ("dynamic", ["actor_rollout_ref.actor.use_dynamic_bsz=true",
                                                      "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=256"])):
         root = tmp_path / name
-        proc = run_cli(small_run_overrides(tiny_models["qwen2"], gsm8k_dir, root, length_reward) + extra, cwd=tmp_path,
-                       env=shared_ray)
-        assert proc.returncode == 0, proc.stderr[-5000:]
+        overrides = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, root, length_reward)
+                     if not o.startswith(("hydra.", "trainer.n_gpus_per_node="))]
+        with local_trainer(cli_config([*overrides, "trainer.n_gpus_per_node=1", *extra]), root / "run") as trainer:
+            trainer.fit()
         steps[name] = read_steps(root / "run")
     assert sorted(steps["fixed"]) == sorted(steps["dynamic"]) == [1, 2]
     for step in (1, 2):
