@@ -70,8 +70,12 @@ def _from_pretrained(auto_cls, path: str, key: str, config, dtype: torch.dtype, 
                                          trust_remote_code=trust_remote_code)
     except _UNREADABLE_WEIGHTS as exc:
         raise _explain(path, key, exc) from exc
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # transformers 5.23's name; the old one (all that releases before it have) warns there
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
 

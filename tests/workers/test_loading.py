@@ -95,3 +95,14 @@ def test_the_tiny_models_still_load(tiny_models):
     model = load_causal_lm(str(tiny_models["qwen2"]))
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert load_value_model(str(tiny_models["llama"])).config.num_labels == 1
+
+
+def test_gradient_checkpointing_is_on_only_when_asked(tiny_models):
+    """model.enable_gradient_checkpointing: the decoder layers recompute their activations in the backward pass
+    (transformers marks each such layer `gradient_checkpointing = True`)."""
+    def checkpointed(model) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+    assert not checkpointed(load_causal_lm(str(tiny_models["qwen2"])))
+    assert checkpointed(load_causal_lm(str(tiny_models["qwen2"]), gradient_checkpointing=True))
+    assert checkpointed(load_value_model(str(tiny_models["llama"]), gradient_checkpointing=True))
