@@ -295,6 +295,16 @@ def local_trainer(cfg, run_dir: Path, calls: list | None = None):
                 os.environ[key] = value
 
 
+def in_process_run(overrides: list[str], run_dir) -> dict[int, dict]:
+    """The steps' metrics of `python -m rl_trainer.main OVERRIDES` trained through the CLI's config and input stages
+    and the real trainer and workers on one gloo rank in this process (helpers.local_trainer): for
+    runs whose point is the configuration, not the start-up (trainer.n_gpus_per_node becomes 1)."""
+    overrides = [o for o in overrides if not o.startswith(("hydra.", "trainer.n_gpus_per_node="))]
+    with local_trainer(cli_config([*overrides, "trainer.n_gpus_per_node=1"]), run_dir) as trainer:
+        trainer.fit()
+    return read_steps(run_dir)
+
+
 def compose_cli_config(task: list[str], config_name: str = "ppo_trainer"):
     """configs/<config_name>.yaml composed by Hydra with the task overrides `task` (no `hydra.*` ones), as the CLI
     composes it."""

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import cli_config, local_trainer, read_steps, run_cli, small_run_overrides
+from helpers import in_process_run, read_steps, run_cli, small_run_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -68,16 +68,6 @@ def test_grpo_with_kl_loss_trains_validates_and_saves_a_loadable_hf_model(tiny_m
     out = trained.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-
-
-def in_process_run(overrides: list[str], run_dir) -> dict[int, dict]:
-    """The steps' metrics of `python -m rl_trainer.main OVERRIDES` trained through the CLI's config and input stages
-    and the real trainer and workers on one gloo rank in this process (helpers.local_trainer): for the guide's
-    command lines, whose point is the configuration, not the start-up the runs above show."""
-    overrides = [o for o in overrides if not o.startswith(("hydra.", "trainer.n_gpus_per_node="))]
-    with local_trainer(cli_config([*overrides, "trainer.n_gpus_per_node=1"]), run_dir) as trainer:
-        trainer.fit()
-    return read_steps(run_dir)
 
 
 def test_ppo_with_critic_on_a_llama_model(tiny_models, gsm8k_dir, length_reward, tmp_path):

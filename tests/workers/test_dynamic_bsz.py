@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import cli_config, local_trainer, read_steps, small_run_overrides, worker_config
+from helpers import in_process_run, small_run_overrides, worker_config
 from rl_trainer.batch import Batch
 from rl_trainer.distributed import ResourcePool, WorkerGroup
 from rl_trainer.errors import UserError
@@ -195,11 +195,8 @@ def test_gsm8k_run_metrics_equal_with_and_without_dynamic_bsz(tiny_models, gsm8k
     for name, extra in (("fixed", []), ("dynamic", ["actor_rollout_ref.actor.use_dynamic_bsz=true",
                                                      "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=256"])):
         root = tmp_path / name
-        overrides = [o for o in small_run_overrides(tiny_models["qwen2"], gsm8k_dir, root, length_reward)
-                     if not o.startswith(("hydra.", "trainer.n_gpus_per_node="))]
-        with local_trainer(cli_config([*overrides, "trainer.n_gpus_per_node=1", *extra]), root / "run") as trainer:
-            trainer.fit()
-        steps[name] = read_steps(root / "run")
+        steps[name] = in_process_run(small_run_overrides(tiny_models["qwen2"], gsm8k_dir, root, length_reward) + extra,
+                                     root / "run")
     assert sorted(steps["fixed"]) == sorted(steps["dynamic"]) == [1, 2]
     for step in (1, 2):
         fixed, dynamic = steps["fixed"][step], steps["dynamic"][step]
