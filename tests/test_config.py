@@ -325,3 +325,16 @@ def test_small_ppo_run_with_critic_warmup_response_length_and_no_hf_weights(tiny
         assert (hf_dir / "config.json").exists() and not list(hf_dir.glob("*.safetensors")), role
         config = json.loads((hf_dir / "config.json").read_text())
         assert (config["pad_token_id"], config["eos_token_id"]) == ((5 if role == "critic" else eos), eos), role
+
+
+def test_the_config_stage_leaves_the_data_and_model_libraries_to_the_input_stage():
+    """The config stage runs alone before Ray starts, so every import it makes is launch time (docs/performance.md,
+    Start-up): datasets and transformers belong to the input stage, which runs beside Ray's start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from helpers import cli_config; cli_config([]); "
+            "print(sorted(m for m in ('datasets', 'transformers', 'ray') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -6,20 +6,27 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 
 from omegaconf import ListConfig
 
 from rl_trainer.cache import cache_root
-from rl_trainer.data import digit_shift, gsm8k
 from rl_trainer.errors import UserError
 
-# Each built-in dataset: its splits, and its writer (out_dir, overwrite=...) -> {split: path}.
-_BUILTINS = {
-    "gsm8k": (gsm8k.SPLITS, gsm8k.write_gsm8k_parquet),
-    "digit_shift": (digit_shift.SPLITS, digit_shift.write_digit_shift_parquet),
-}
-BUILTIN_DATA = {f"builtin:{name}/{split}": (name, split) for name, (splits, _) in _BUILTINS.items() for split in splits}
+
+@functools.cache
+def builtin_data() -> dict[str, tuple[str, str, Callable]]:
+    """{"builtin:<name>/<split>": (name, split, the dataset's writer (out_dir, overwrite=...) -> {split: path})}.
+
+    Imported on first use: the builders import `datasets` (0.6-1 s), which the config stage, whose
+    check_data_files_exist only looks at local paths, does not need (docs/performance.md, Start-up)."""
+    from rl_trainer.data import digit_shift, gsm8k
+
+    writers = {"gsm8k": (gsm8k.SPLITS, gsm8k.write_gsm8k_parquet),
+               "digit_shift": (digit_shift.SPLITS, digit_shift.write_digit_shift_parquet)}
+    return {f"builtin:{name}/{split}": (name, split, write) for name, (splits, write) in writers.items() for split in splits}
 
 
 def resolve_data_files(files, key: str) -> list[str]:
@@ -29,10 +36,11 @@ def resolve_data_files(files, key: str) -> list[str]:
     resolved = []
     for item in _items(files):
         if item.startswith("builtin:"):
-            if item not in BUILTIN_DATA:
-                raise UserError(f"{key}={item} is not a built-in dataset; choose one of {', '.join(BUILTIN_DATA)}")
-            name, split = BUILTIN_DATA[item]
-            paths = _BUILTINS[name][1](cache_root() / "data" / name, overwrite=False)
+            builtins = builtin_data()
+            if item not in builtins:
+                raise UserError(f"{key}={item} is not a built-in dataset; choose one of {', '.join(builtins)}")
+            name, split, write = builtins[item]
+            paths = write(cache_root() / "data" / name, overwrite=False)
             resolved.append(str(paths[split]))
         else:
             resolved.append(item)
