@@ -26,7 +26,8 @@ def builtin_data() -> dict[str, tuple[str, str, Callable]]:
 
     writers = {"gsm8k": (gsm8k.SPLITS, gsm8k.write_gsm8k_parquet),
                "digit_shift": (digit_shift.SPLITS, digit_shift.write_digit_shift_parquet)}
-    return {f"builtin:{name}/{split}": (name, split, write) for name, (splits, write) in writers.items() for split in splits}
+    return {f"builtin:{name}/{split}": (name, split, write)
+            for name, (splits, write) in writers.items() for split in splits}
 
 
 def resolve_data_files(files, key: str) -> list[str]:
