@@ -21,7 +21,8 @@ The standard workload (docs/performance.md; keep it exact, numbers elsewhere are
 
 It runs `python -m rl_trainer.main` with these overrides in a subprocess (driver, Ray, FSDP workers: the real
 path), waits for it, and prints step times, tokens per step and per second, the per-phase breakdown, peak
-resident memory, the optimizer state's size and the time from launch to the end of the first step. `--shape NAME`
+resident memory, the optimizer state's size, the time from launch to the end of the first step and the CPU seconds
+all the run's processes had spent by then. `--shape NAME`
 swaps the model for a random-init Qwen2 of one of rl_trainer.tools.torchrun's SHAPES (e.g. qwen2-25m, 25M
 parameters) with the standard tokenizer, built into the run directory: the same workload on a larger model. `--baseline` turns rl_trainer's
 optimisations off (shared prompt prefixes, reuse of the update's forward for old_log_prob, the native decode step)
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -101,20 +103,50 @@ def command(steps: int, run_dir: Path, model: str | None, baseline: bool, overri
     return [sys.executable, "-m", "rl_trainer.main", *args]
 
 
-def run(cmd: list[str], run_dir: Path) -> tuple[int, float | None, float]:
-    """Run the trainer; returns (exit code, seconds from launch to the first step's metrics, total seconds)."""
+def run(cmd: list[str], run_dir: Path) -> tuple[int, float | None, float, dict | None]:
+    """Run the trainer; returns (exit code, seconds from launch to the first step's metrics, total seconds, the CPU
+    seconds spent by then (`launch_cpu_seconds`))."""
     metrics = run_dir / METRICS_FILE
     start = time.perf_counter()
-    first_step = None
+    first_step = cpu = None
     with open(run_dir / "bench.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         while proc.poll() is None:
             if first_step is None and metrics.exists() and metrics.stat().st_size > 0:
                 first_step = time.perf_counter() - start
+                cpu = launch_cpu_seconds(proc.pid)
             time.sleep(0.05)
     if first_step is None and metrics.exists() and metrics.stat().st_size > 0:
         first_step = time.perf_counter() - start
-    return proc.returncode, first_step, time.perf_counter() - start
+    return proc.returncode, first_step, time.perf_counter() - start, cpu
+
+
+def launch_cpu_seconds(root: int) -> dict | None:
+    """CPU seconds (user + system, with those of reaped children) of process `root` and of every process below it:
+    the driver, Ray's processes (started by the driver's ray.init) and the workers (started by Ray's raylet).
+    {"total": ..., "driver": ...}; None without Linux's /proc. On a machine with C cores, total / C bounds the
+    wall time of the same work from below however well it overlaps (docs/performance.md, Start-up)."""
+    proc = Path("/proc")
+    if not (proc / str(root) / "stat").exists():
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, seconds = {}, {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        parent[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return {"total": sum(seconds.get(pid, 0.0) for pid in tree), "driver": seconds.get(root, 0.0)}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -157,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         model = shape_model(args.shape, run_dir / f"model-{args.shape}")
     cmd = command(args.steps, run_dir, model, args.baseline, args.overrides)
     print("command:", shlex.join(["python", *cmd[1:]]), flush=True)
-    code, first_step_s, total_s = run(cmd, run_dir)
+    code, first_step_s, total_s, launch_cpu = run(cmd, run_dir)
     rows = [r for r in read_metrics(run_dir) if "timing_s/step" in r]
     if code != 0 or not rows:
         print(f"error: the benchmark run failed (exit code {code}); see {run_dir / 'bench.log'}", file=sys.stderr)
         return code or 1
     summary = summarize(rows)
-    summary.update(launch_to_first_step_s=first_step_s, total_s=total_s, run_dir=str(run_dir),
+    summary.update(launch_to_first_step_s=first_step_s, launch_cpu_s=launch_cpu, total_s=total_s, run_dir=str(run_dir),
                    optimisations="off" if args.baseline else "on", threads=_threads(cmd))
     _print(summary)
     if args.json:
@@ -203,6 +235,11 @@ def _print(s: dict) -> None:
     print("  optimizer state  " + "  ".join(f"{k} {v * 1024:.1f} MiB" for k, v in s["optimizer_state_gb"].items()))
     first = s["launch_to_first_step_s"]
     print(f"  launch -> end of step 1  {first:.1f} s" if first is not None else "  launch -> step 1: not seen")
+    cpu = s["launch_cpu_s"]
+    if cpu is not None:
+        cores = len(os.sched_getaffinity(0))
+        print(f"  CPU by then      {cpu['total']:.1f} s in all processes (driver {cpu['driver']:.1f} s, the rest Ray's "
+              f"and the workers'): at least {cpu['total'] / cores:.1f} s of wall time on {cores} cores")
     print(f"  run dir          {s['run_dir']}")
 
 

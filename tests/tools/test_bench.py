@@ -23,7 +23,7 @@ def test_benchmark_runs_the_standard_workload_and_prints_its_figures(tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for figure in ("step time", "tokens per step", "tokens/s", "phases (median)", "peak RSS", "optimizer state",
-                   "launch -> end of step 1"):
+                   "launch -> end of step 1", "CPU by then"):
         assert figure in out.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == [2]
@@ -36,6 +36,8 @@ def test_benchmark_runs_the_standard_workload_and_prints_its_figures(tmp_path):
     # AdamW's two fp32 moments of builtin:tiny-qwen2's 3.9M trained parameters: 8 bytes each, about 30 MiB.
     assert 25 < summary["optimizer_state_gb"]["actor_rollout_ref"] * 1024 < 35
     assert 0 < summary["launch_to_first_step_s"] < summary["total_s"]
+    # The driver alone imports torch, transformers and Ray before step 1; the workers and Ray's processes add theirs.
+    assert 1 < summary["launch_cpu_s"]["driver"] < summary["launch_cpu_s"]["total"]
 
 
 def test_baseline_turns_the_optimisations_off_and_overrides_come_last(tmp_path):
