@@ -63,7 +63,6 @@ VERL_POLICY_LOSSES = ("bypass_mode", "cispo", "clip_cov", "dppo_kl", "dppo_tv", 
 VERL_ADV_ESTIMATORS = ("gae", "gdpo", "gpg", "grpo", "grpo_passk", "grpo_vectorized", "opo", "optimal_token_baseline",
                        "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "rloo", "rloo_vectorized",
                        "tir_optimal_token_baseline")
-_DYN = "dynamic batch sizes: in progress (use_dynamic_bsz)"
 _MEGATRON = Refused("*megatron*", "Megatron", "use --config-name ppo_trainer (FSDP2)")
 _LORA = "read only by Megatron's LoRA (model.lora.rank > 0), which is refused; use model.lora_rank"
 _RM = ("use reward_model.enable=true with reward_model.model.path (the FSDP reward-model worker), or a rule reward "
@@ -87,9 +86,6 @@ RULES: tuple[Hint | Refused, ...] = (
     Refused("*.optim.*_dtype", "Megatron's optimizer dtypes", "use --config-name ppo_trainer (fp32 AdamW state)"),
     Refused("*.optim.use_*", "Megatron's optimizer variants", "use --config-name ppo_trainer (AdamW)"),
     Refused("*.checkpoint.mbridge_config", "Megatron's mbridge checkpoints", "use checkpoint.save_contents"),
-    # Dynamic batch sizes (another issue implements them; its keys then move to ppo_trainer.yaml).
-    Refused("*use_dynamic_bsz", "dynamic batch sizes (in progress)", "use the fixed *_micro_batch_size_per_gpu"),
-    Hint("*max_token_len_per_gpu", f"read only with use_dynamic_bsz ({_DYN})"),
     # Parallelism this version does not have.
     Refused("*ulysses_sequence_parallel_size", "sequence parallelism (Ulysses)",
             "use 1 (shorter sequences or more workers instead)"),
